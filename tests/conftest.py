@@ -1,0 +1,1 @@
+"""Shared fixtures: the real Kafka broker and the DLI simulator live in their own modules."""
