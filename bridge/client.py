@@ -1,0 +1,543 @@
+"""The async DLI and IAM client: paging, retries, rate limits, breakers and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aiohttp
+import orjson
+import yarl
+from pydantic import ValidationError
+
+from bridge.auth import Auth, OutgoingRequest
+from bridge.breaker import BreakerState, CircuitBreaker
+from bridge.errors import (
+    ApiError,
+    ApiErrorContext,
+    ApiRejected,
+    ApiUnavailable,
+    AuthError,
+    JobNotFound,
+    MalformedResponse,
+    RateLimited,
+)
+from bridge.models import (
+    ApiModel,
+    Fetched,
+    JobDetail,
+    JobDetailResponse,
+    JobListItem,
+    JobListResponse,
+    Project,
+    ProjectListResponse,
+)
+from bridge.ratelimit import BucketGroup
+from bridge.retry import Backoff, Clock, Sleep, parse_retry_after
+from bridge.settings import MAX_PAGE_SIZE, ApiSettings
+
+__all__ = ["DliClient", "NoAuth", "PageScan"]
+
+log = logging.getLogger(__name__)
+
+JOB_NOT_FOUND_CODE = "DLI.16001"
+REQUEST_ID_HEADER = "X-Request-Id"
+# API Gateway codes come as "APIG.xxxx" on some pages and "APIGW.xxxx" on others.
+_GATEWAY_PREFIXES = ("APIG.", "APIGW.")
+_GATEWAY_NO_SUCH_API = "0101"
+_GATEWAY_THROTTLED = "0308"
+_MESSAGE_LIMIT = 300
+# Each step back re-reads one page; this many in one sweep means the list churns faster than
+# we can read it, and the sweep is better retried later than continued.
+MAX_STEP_BACKS = 50
+
+R = TypeVar("R", bound=ApiModel)
+
+
+class NoAuth:
+    """Sends requests without credentials: the simulator when started without any."""
+
+    @property
+    def credential_id(self) -> str:
+        return "anonymous"
+
+    async def apply(self, request: OutgoingRequest, project_id: str | None) -> None:
+        return None
+
+    def invalidate(self, request: OutgoingRequest) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<NoAuth>"
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One logical API call, whatever number of attempts it takes."""
+
+    method: str
+    url: yarl.URL
+    project_id: str | None
+    job_id: str | int | None = None
+
+    def context(self, **extra: Any) -> ApiErrorContext:
+        ctx: ApiErrorContext = {
+            "method": self.method,
+            "url": str(self.url),
+            "project_id": self.project_id,
+        }
+        ctx.update(extra)  # type: ignore[typeddict-item]
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An HTTP answer, whatever its status, with the only two headers we read."""
+
+    status: int
+    body: bytes
+    retry_after: str | None
+    request_id: str | None
+
+
+class PageScan:
+    """Offset paging over a list that changes while we read it (``order=asc``).
+
+    Each page after the first starts one row early, on the last row already taken. If a
+    deletion shifted the rows left, that page holds no row we have seen: rows may have
+    slipped past the boundary unseen, so the scan steps one page back and reads again.
+    Rows are deduplicated by ``job_id``; jobs created mid-scan land at the end (ascending
+    order) and are picked up. ``offset`` is None when the scan is complete.
+    """
+
+    def __init__(self, limit: int, project_id: str | None = None) -> None:
+        # One row of overlap needs at least two rows a page; DLI serves at most 100.
+        self.limit = max(2, min(limit, MAX_PAGE_SIZE))
+        self.project_id = project_id
+        self.offset: int | None = 0
+        self.step_backs = 0
+        self._seen: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"<PageScan offset={self.offset} seen={len(self._seen)} back={self.step_backs}>"
+
+    def take(self, rows: Sequence[Fetched[JobListItem]]) -> list[Fetched[JobListItem]]:
+        """Feed the page read at ``offset``; return its rows not taken before."""
+        at = self.offset
+        if at is None:
+            return []
+        if at > 0 and not any(row.model.job_id in self._seen for row in rows):
+            self._step_back(at)
+            return []
+        fresh = []
+        for row in rows:
+            if row.model.job_id not in self._seen:
+                self._seen.add(row.model.job_id)
+                fresh.append(row)
+        self.offset = None if len(rows) < self.limit else at + len(rows) - 1
+        return fresh
+
+    def _step_back(self, at: int) -> None:
+        self.step_backs += 1
+        if self.step_backs > MAX_STEP_BACKS:
+            text = f"job list kept shifting: {self.step_backs} re-reads in one sweep"
+            raise ApiUnavailable(text, project_id=self.project_id)
+        self.offset = max(0, at - (self.limit - 1))
+
+
+class DliClient:
+    """DLI and IAM calls over one aiohttp session, as an async context manager.
+
+    Owns the session unless one is passed in. Every call goes through, in order: the
+    project's circuit breaker, the project's and the credential's token buckets, the
+    credential, the global in-flight cap (held only while the request is on the wire), and
+    ``asyncio.timeout``. Failures are mapped to ``bridge.errors``; retryable ones are retried
+    with full-jitter backoff, or after ``Retry-After`` when the gateway throttles us.
+    ``clock``, ``sleep``, ``rng`` and ``wall_clock`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        auth: Auth,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        self._dli_base = settings.dli_url
+        self._iam_base = settings.iam_url
+        self._session = session
+        self._owns_session = session is None
+        self._state = _State.UNOPENED
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self._backoff = Backoff(settings.retry_base_s, settings.retry_cap_s)
+        self._project_buckets = BucketGroup(
+            settings.project_rate_per_s, settings.project_burst, clock=clock, sleep=sleep
+        )
+        self._credential_buckets = BucketGroup(
+            settings.credential_rate_per_s, settings.credential_burst, clock=clock, sleep=sleep
+        )
+        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._busy = 0
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._jobs_urls: dict[str, yarl.URL] = {}
+
+    def __repr__(self) -> str:
+        opened = sum(b.state is not BreakerState.CLOSED for b in self._breakers.values())
+        return (
+            f"<DliClient {self._dli_base} {self._state.value} auth={self.auth!r} "
+            f"in_flight={self._busy}/{self.settings.max_in_flight} breakers_not_closed={opened}>"
+        )
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"DliClient cannot be opened when {self._state.value}")
+        if self._session is None:
+            # The in-flight semaphore is the connection cap; the pool itself is unbounded.
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = _State.CLOSED
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session requests go through (for collaborators such as IamTokenAuth)."""
+        if self._state is not _State.OPEN or self._session is None:
+            raise RuntimeError(f"DliClient is {self._state.value}, not open")
+        return self._session
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """Each project's breaker state, for health and metrics."""
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
+    # --- public calls -----------------------------------------------------------------------
+
+    async def get_job(self, project_id: str, job_id: int | str) -> Fetched[JobDetail]:
+        """One job's detail; raises JobNotFound when DLI says it does not exist."""
+        call = _Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
+        doc, answer = await self._get_json(call)
+        body = _validate(JobDetailResponse, doc, answer, call)
+        _check_success(body.is_success, body.message, answer, call)
+        if body.job_detail is None:
+            raise _malformed("no job_detail in the answer", answer, call)
+        return Fetched(raw=doc["job_detail"], model=body.job_detail)
+
+    async def list_jobs(
+        self,
+        project_id: str,
+        *,
+        show_detail: bool = False,
+        page_size: int | None = None,
+        **filters: str | int | bool,
+    ) -> list[Fetched[JobListItem]]:
+        """Every job row of a project, each job once, paging through the whole list."""
+        rows: list[Fetched[JobListItem]] = []
+        pages = self.iter_pages(project_id, show_detail=show_detail, page_size=page_size, **filters)
+        async for page in pages:
+            rows.extend(page)
+        return rows
+
+    async def iter_pages(
+        self,
+        project_id: str,
+        *,
+        show_detail: bool = False,
+        page_size: int | None = None,
+        **filters: str | int | bool,
+    ) -> AsyncIterator[list[Fetched[JobListItem]]]:
+        """The job rows of a project, page by page, each job once (see PageScan)."""
+        scan = PageScan(page_size or self.settings.page_size, project_id)
+        query = {k: _query_value(v) for k, v in filters.items()}
+        query |= {"order": "asc", "show_detail": _query_value(show_detail)}
+        while scan.offset is not None:
+            query |= {"offset": str(scan.offset), "limit": str(scan.limit)}
+            fresh = scan.take(await self._list_page(project_id, query))
+            if fresh:
+                yield fresh
+        if scan.step_backs:
+            log.info(
+                "job list of %s shifted during the sweep: %d re-reads", project_id, scan.step_backs
+            )
+
+    async def list_projects(self) -> list[Fetched[Project]]:
+        """The IAM projects the credential can see (``GET /v3/auth/projects``)."""
+        call = _Call("GET", _join(self._iam_base, "v3", "auth", "projects"), None)
+        doc, answer = await self._get_json(call)
+        body = _validate(ProjectListResponse, doc, answer, call)
+        return [
+            Fetched(raw=r, model=m) for r, m in zip(doc["projects"], body.projects, strict=True)
+        ]
+
+    # --- one page, one call -----------------------------------------------------------------
+
+    async def _list_page(
+        self, project_id: str, query: dict[str, str]
+    ) -> list[Fetched[JobListItem]]:
+        call = _Call("GET", self._jobs_url(project_id).with_query(query), project_id)
+        doc, answer = await self._get_json(call)
+        body = _validate(JobListResponse, doc, answer, call)
+        _check_success(body.is_success, body.message, answer, call)
+        if body.job_list is None:
+            # An answer without a list must not read as "every job is gone".
+            raise _malformed("no job_list in the answer", answer, call)
+        models = body.job_list.jobs or []
+        raws = doc["job_list"]["jobs"] or []
+        return [Fetched(raw=r, model=m) for r, m in zip(raws, models, strict=True)]
+
+    async def _get_json(self, call: _Call) -> tuple[dict[str, Any], _Answer]:
+        answer = await self._send(call)
+        try:
+            doc = orjson.loads(answer.body)
+        except orjson.JSONDecodeError as exc:
+            raise _malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
+        if not isinstance(doc, dict):
+            raise _malformed("the answer is not a JSON object", answer, call)
+        return doc, answer
+
+    # --- attempts, retries, limits ----------------------------------------------------------
+
+    async def _send(self, call: _Call) -> _Answer:
+        """Attempt ``call`` until it succeeds, fails for good, or runs out of attempts."""
+        breaker = self._breaker(call.project_id)
+        reauth_left = 1
+        attempt = 0
+        while True:
+            if breaker is not None:
+                breaker.before_attempt()
+            request = OutgoingRequest(call.method, call.url, {"Accept": "application/json"})
+            outcome = await self._attempt(call, request)
+            if isinstance(outcome, _Answer) and 200 <= outcome.status < 300:
+                _settle(breaker, None)
+                return outcome
+            error = outcome if isinstance(outcome, ApiError) else self._error_for(outcome, call)
+            _settle(breaker, error)
+            if reauth_left and self._fresh_credential_may_help(outcome, error, request):
+                reauth_left -= 1
+                continue
+            attempt += 1
+            if not error.retryable or attempt >= self.settings.retry_attempts:
+                raise error
+            await self._pause(call, error, attempt - 1)
+
+    def _fresh_credential_may_help(
+        self, outcome: _Answer | ApiError, error: ApiError, request: OutgoingRequest
+    ) -> bool:
+        # Only DLI's own 401 may mean a stale token; IAM refusing the password is final.
+        answered = outcome is not error
+        return answered and _is_unauthorized(error) and self.auth.invalidate(request)
+
+    async def _attempt(self, call: _Call, request: OutgoingRequest) -> _Answer | ApiError:
+        """One try: limits, credential, in-flight slot, the exchange; errors are returned."""
+        try:
+            if call.project_id is not None:
+                await self._project_buckets.acquire(call.project_id)
+            await self._credential_buckets.acquire(self.auth.credential_id)
+            await self.auth.apply(request, call.project_id)
+            async with self._in_flight:
+                self._busy += 1
+                try:
+                    return await self._exchange(request, call)
+                finally:
+                    self._busy -= 1
+        except ApiError as exc:  # no answer, or the credential could not be had
+            return exc
+
+    async def _exchange(self, request: OutgoingRequest, call: _Call) -> _Answer:
+        timeout_s = self.settings.request_timeout_s
+        try:
+            async with (
+                asyncio.timeout(timeout_s),
+                self.session.request(
+                    request.method, request.url, headers=request.headers, data=request.body or None
+                ) as response,
+            ):
+                body = await response.read()
+        except TimeoutError as exc:
+            raise ApiUnavailable(f"no answer within {timeout_s} s", **call.context()) from exc
+        except aiohttp.ClientError as exc:
+            text = f"request failed: {type(exc).__name__}: {exc}"
+            raise ApiUnavailable(text, **call.context()) from exc
+        request_id = response.headers.get(REQUEST_ID_HEADER)
+        log.debug(
+            "%s %s -> %d",
+            call.method,
+            call.url.path,
+            response.status,
+            extra={"request_id": request_id},
+        )
+        return _Answer(response.status, body, response.headers.get("Retry-After"), request_id)
+
+    async def _pause(self, call: _Call, error: ApiError, attempt: int) -> None:
+        hint = error.retry_after_s if isinstance(error, RateLimited) else None
+        if hint is not None:
+            delay = min(hint, self.settings.retry_after_cap_s)
+        else:
+            delay = self._backoff.delay_s(attempt, self._rng)
+        log.info(
+            "%s %s failed (%r); retry %d in %.2f s",
+            call.method,
+            call.url.path,
+            error,
+            attempt + 1,
+            delay,
+            extra={"project_id": call.project_id, "request_id": error.request_id},
+        )
+        await self._sleep(delay)
+
+    def _breaker(self, project_id: str | None) -> CircuitBreaker | None:
+        if project_id is None:
+            return None
+        breaker = self._breakers.get(project_id)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                project_id,
+                self.settings.breaker_threshold,
+                self.settings.breaker_cooldown_s,
+                clock=self._clock,
+            )
+            self._breakers[project_id] = breaker
+        return breaker
+
+    def _jobs_url(self, project_id: str) -> yarl.URL:
+        url = self._jobs_urls.get(project_id)
+        if url is None:
+            url = _join(self._dli_base, "v1.0", project_id, "streaming", "jobs")
+            self._jobs_urls[project_id] = url
+        return url
+
+    def _error_for(self, answer: _Answer, call: _Call) -> ApiError:
+        retry_after_s = parse_retry_after(answer.retry_after, self._wall_clock())
+        return _error_for(answer, call, retry_after_s)
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+def _join(base: yarl.URL, *segments: str) -> yarl.URL:
+    url = base
+    for segment in segments:
+        url = url / segment
+    return url
+
+
+def _query_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _settle(breaker: CircuitBreaker | None, error: ApiError | None) -> None:
+    """Tell the breaker what the attempt says about the project's health."""
+    if breaker is None:
+        return
+    if isinstance(error, ApiUnavailable):
+        breaker.record_failure()
+    elif isinstance(error, RateLimited):
+        # Throttling is the gateway pacing the credential, not the project being sick;
+        # Retry-After already slows us down.
+        breaker.record_neutral()
+    else:
+        breaker.record_success()
+
+
+def _is_unauthorized(error: ApiError) -> bool:
+    return isinstance(error, AuthError) and error.status == 401
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str, str | None]:
+    """``(error_code, error_msg, request_id)`` from a DLI or API Gateway error body."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, body[:_MESSAGE_LIMIT].decode("utf-8", "replace"), None
+    if not isinstance(doc, dict):
+        return None, "", None
+    code = doc.get("error_code")
+    message = doc.get("error_msg") or doc.get("message") or ""
+    request_id = doc.get("request_id")
+    return (
+        str(code) if code is not None else None,
+        str(message)[:_MESSAGE_LIMIT],
+        str(request_id) if request_id is not None else None,
+    )
+
+
+def _is_gateway(code: str | None, number: str) -> bool:
+    return code is not None and any(code == p + number for p in _GATEWAY_PREFIXES)
+
+
+def _error_for(answer: _Answer, call: _Call, retry_after_s: float | None) -> ApiError:
+    """The bridge error a non-2xx HTTP answer stands for."""
+    status = answer.status
+    code, message, body_request_id = _error_fields(answer.body)
+    ctx = call.context(status=status, code=code, request_id=answer.request_id or body_request_id)
+    text = f"{call.method} {call.url.path} answered {status} {code or ''}: {message}".rstrip(": ")
+    if status == 429 or _is_gateway(code, _GATEWAY_THROTTLED):
+        return RateLimited(text, retry_after_s=retry_after_s, **ctx)
+    if status >= 500:
+        return ApiUnavailable(text, **ctx)
+    if _is_gateway(code, _GATEWAY_NO_SUCH_API):
+        # The gateway knows no such API: a wrong endpoint, which must never read as "not found".
+        return ApiRejected(f"{text} (is the endpoint right?)", **ctx)
+    if status in (401, 403):
+        return AuthError(text, **ctx)
+    if call.job_id is not None and (code == JOB_NOT_FOUND_CODE or status == 404):
+        return JobNotFound(text, job_id=call.job_id, **ctx)
+    return ApiRejected(text, **ctx)
+
+
+def _malformed(what: str, answer: _Answer, call: _Call, *, detail: str = "") -> MalformedResponse:
+    ctx = call.context(status=answer.status, request_id=answer.request_id)
+    text = f"{call.method} {call.url.path}: {what}"
+    return MalformedResponse(text, body=answer.body, detail=detail or what, **ctx)
+
+
+def _validate(model: type[R], doc: dict[str, Any], answer: _Answer, call: _Call) -> R:
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise _malformed("the answer does not fit the schema", answer, call, detail=detail) from exc
+
+
+def _check_success(flag: bool | None, message: str | None, answer: _Answer, call: _Call) -> None:
+    # DLI may answer 200 with is_success "false" and the reason in `message`.
+    if flag is False:
+        ctx = call.context(status=answer.status, request_id=answer.request_id)
+        raise ApiRejected(f"{call.method} {call.url.path} refused: {message or ''}", **ctx)
