@@ -1,32 +1,19 @@
-"""The simulator's in-memory DLI fleet: compact job records, the seeded status walk, JSON rows."""
+"""The simulator's in-memory DLI fleet: seeded projects and jobs, the random walk, the log."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from bridge.errors import ConfigError, JobNotFound
 from bridge.lifecycle import JobStatus
+from bridge.records import FLAG_KNOBS, Change, Job, JsonDict, ListQuery, Project
 
-__all__ = [
-    "WALK",
-    "Change",
-    "Fleet",
-    "Job",
-    "ListQuery",
-    "Project",
-    "as_status",
-    "detail",
-    "detail_row",
-    "job_config",
-    "light_row",
-]
+__all__ = ["JOB_TYPES", "WALK", "Fleet", "as_status"]
 
 S = JobStatus
 T = TypeVar("T")
-JsonDict = dict[str, Any]
 
 JOB_TYPES = ("flink_opensource_sql_job", "flink_jar_job", "flink_sql_job")
 _JOB_TYPES_WEIGHTED = (JOB_TYPES[0],) * 6 + (JOB_TYPES[1],) * 3 + (JOB_TYPES[2],)
@@ -82,146 +69,18 @@ _TAGS: tuple[tuple[tuple[str, str], ...], ...] = (
 _SUBJECTS = ("orders", "clicks", "payments", "inventory", "sessions", "iot_metrics", "fraud")
 _ACTIONS = ("etl", "agg", "sync", "enrich", "dedup", "alerts", "sink", "join")
 _DESCS = ("", "", "Realtime aggregation for the dashboard", "Kafka to DWS sync", "Nightly backfill")
-_SQL = (
-    "CREATE TABLE src (id BIGINT, amount DOUBLE) WITH ('connector' = 'kafka', 'topic' = 'orders');"
-    "\nCREATE TABLE dst (id BIGINT, total DOUBLE) WITH ('connector' = 'dws');"
-    "\nINSERT INTO dst SELECT id, SUM(amount) FROM src GROUP BY id;",
-    "CREATE TABLE clicks (url STRING, ts TIMESTAMP(3)) WITH ('connector' = 'dis');"
-    "\nINSERT INTO print_sink SELECT url, COUNT(*) FROM clicks GROUP BY url, "
-    "TUMBLE(ts, INTERVAL '1' MINUTE);",
-)
-_MAIN_CLASSES = ("com.example.flink.OrdersJob", "org.apache.flink.examples.WordCount")
-_JARS = ("FemaleInfoCollection.jar", "stream-etl-1.4.2.jar", "flink-cdc-job.jar")
-_FLINK_VERSIONS = ("1.15", "1.12", "1.17")
 _CONFIG_KNOBS = ("cu_number", "parallel_number", "checkpoint_interval")
 _KNOB_VALUES: Mapping[str, tuple[int, ...]] = {
     "cu_number": (2, 4, 8, 16, 32),
     "parallel_number": (1, 2, 4, 6, 12),
     "checkpoint_interval": (10, 30, 60, 120, 600),
 }
-_FLAG_KNOBS = ("checkpoint_enabled", "log_enabled", "restart_when_exception", "resume_checkpoint")
-_FLAG_BITS = {knob: 1 << i for i, knob in enumerate(_FLAG_KNOBS)}
 _SLOT_FIELDS = frozenset(
     {"name", "desc", "job_type", "status_desc", "create_time", "start_time", "user_name",
      "queue_name", "run_mode", "restart_times", "root_id", "update_time"}
 )  # fmt: skip
 _FIXED_FIELDS = frozenset({"job_id", "project_id", "status"})
 _DAY_MS = 86_400_000
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One ground-truth change the simulator made, in the order it made them."""
-
-    seq: int
-    project_id: str
-    job_id: int
-    kind: str  # created | status_changed | updated | deleted
-    status_before: str | None
-    status_after: str | None
-    at: int  # ms epoch
-
-    def as_dict(self) -> JsonDict:
-        return asdict(self)
-
-
-@dataclass(slots=True, eq=False)
-class Project:
-    """A DLI project: its identity, the users and queues its jobs use, and its jobs by id."""
-
-    id: str
-    name: str
-    users: Mapping[str, str]  # user name -> user id
-    queues: tuple[str, ...]
-    jobs: dict[int, Job] = field(default_factory=dict)
-    _order: list[Job] | None = None
-
-    def ordered(self) -> list[Job]:
-        """Jobs by (create_time, job_id) ascending; cached until a job is added or removed."""
-        if self._order is None:
-            self._order = sorted(self.jobs.values(), key=lambda j: (j.create_time, j.job_id))
-        return self._order
-
-    def invalidate(self) -> None:
-        self._order = None
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One Flink job kept compact (100k of them must fit easily); JSON is rendered on request."""
-
-    job_id: int
-    project: Project
-    name: str
-    desc: str
-    job_type: str
-    status: JobStatus
-    create_time: int
-    update_time: int
-    user_name: str
-    queue_name: str
-    variant: int  # picks the SQL text, jar, Flink version...: shared strings, no copies
-    status_desc: str = ""
-    start_time: int | None = None
-    end_time: int | None = None  # when it last stopped running; freezes `duration`
-    run_mode: str = "shared_cluster"
-    restart_times: int = 0
-    savepoint_at: int | None = None
-    cu_number: int = 2
-    parallel_number: int = 1
-    checkpoint_interval: int = 10
-    flags: int = 0  # bit i = _FLAG_KNOBS[i]
-    root_id: int = -1
-    tags: tuple[tuple[str, str], ...] = ()
-    extra: JsonDict | None = None  # hand-set fields that have no slot of their own
-    slot: int = -1  # position in Fleet._all, for O(1) random picks and removal
-
-    def flag(self, knob: str) -> bool:
-        return bool(self.flags & _FLAG_BITS[knob])
-
-    def set_flag(self, knob: str, on: bool) -> None:
-        bit = _FLAG_BITS[knob]
-        self.flags = self.flags | bit if on else self.flags & ~bit
-
-    def duration(self, now_ms: int) -> int:
-        if self.start_time is None:
-            return 0
-        return max(0, (self.end_time or now_ms) - self.start_time)
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    """The filters, order and page of one list call (already validated)."""
-
-    job_type: str | None = None
-    status: str | None = None
-    queue_name: str | None = None
-    name: str | None = None  # substring match, case-sensitive
-    user_name: str | None = None
-    tags: tuple[tuple[str, str], ...] = ()
-    root_job_id: int | None = None
-    order: str = "desc"
-    offset: int = 0
-    limit: int = 10
-    show_detail: bool = False
-
-    @property
-    def unfiltered(self) -> bool:
-        filters = (self.job_type, self.status, self.queue_name, self.name, self.user_name)
-        return self.root_job_id is None and not self.tags and all(f is None for f in filters)
-
-    def matches(self, job: Job) -> bool:
-        # Without root_job_id DLI leaves edge child jobs out (SDK docs); with it, only them.
-        root = -1 if self.root_job_id is None else self.root_job_id
-        return (
-            job.root_id == root
-            and (self.job_type is None or job.job_type == self.job_type)
-            and (self.status is None or job.status == self.status)
-            and (self.queue_name is None or job.queue_name == self.queue_name)
-            and (self.name is None or self.name in job.name)
-            and (self.user_name is None or job.user_name == self.user_name)
-            and all(pair in job.tags for pair in self.tags)
-        )
 
 
 def as_status(value: str) -> JobStatus:
@@ -401,7 +260,7 @@ class Fleet:
         for knob in _CONFIG_KNOBS:
             if knob in rest:
                 setattr(job, knob, int(rest.pop(knob)))
-        for knob in _FLAG_KNOBS:
+        for knob in FLAG_KNOBS:
             if knob in rest:
                 job.set_flag(knob, bool(rest.pop(knob)))
         if rest:
@@ -468,7 +327,7 @@ class Fleet:
                 options = [v for v in _KNOB_VALUES[knob] if v != old]
                 return {"job_config": {knob: rng.choice(options)}}
             case _:
-                knob = rng.choice(_FLAG_KNOBS)
+                knob = rng.choice(FLAG_KNOBS)
                 return {"job_config": {knob: not job.flag(knob)}}
 
     # --- queries -----------------------------------------------------------------------------
@@ -485,144 +344,3 @@ class Fleet:
 
     def __len__(self) -> int:
         return len(self._all)
-
-
-# --- JSON as DLI renders it -------------------------------------------------------------------
-
-_EXECUTION_GRAPH = '{"nodes":[{"id":1,"operator":"Source: src"},{"id":2,"operator":"Sink: dst"}]}'
-_LIGHT_KEYS = frozenset({"user_name", "duration", "root_id"})
-_DETAIL_ROW_KEYS = frozenset(
-    {"user_id", "project_id", "sql_body", "run_mode", "job_config", "main_class",
-     "entrypoint_args", "execution_graph", "update_time"}
-)  # fmt: skip
-_SHAPED = _LIGHT_KEYS | _DETAIL_ROW_KEYS
-
-
-def _common(job: Job) -> JsonDict:
-    """Fields every shape carries (list rows with or without show_detail, and the detail)."""
-    savepoint = job.savepoint_at
-    return {
-        "job_id": job.job_id,
-        "name": job.name,
-        "desc": job.desc,
-        "job_type": job.job_type,
-        "status": job.status.value,
-        "status_desc": job.status_desc,
-        "create_time": job.create_time,
-        "start_time": job.start_time,
-        "queue_name": job.queue_name,
-        "graph_editor_enabled": job.job_type == "flink_sql_job" and job.variant % 2 == 0,
-        "has_savepoint": savepoint is not None,
-        "savepoint_path": None
-        if savepoint is None
-        else f"obs://{_bucket(job)}/savepoints/{job.job_id}/savepoint-{savepoint}",
-        "edge_group_ids": _edge_groups(job),
-        "restart_times": job.restart_times,
-    }
-
-
-def _bucket(job: Job) -> str:
-    return f"dli-{job.project.id[:12]}"
-
-
-def _edge_groups(job: Job) -> list[str] | None:
-    if job.run_mode != "edge_node":
-        return None
-    return [f"{job.project.id[:8]}-edge-{job.variant}"]
-
-
-def _with_extra(row: JsonDict, job: Job, own: frozenset[str]) -> JsonDict:
-    """Hand-set fields override the rendered ones; unknown ones appear in every shape."""
-    for key, value in (job.extra or {}).items():
-        if key != "job_config" and (key in own or key not in _SHAPED):
-            row[key] = value
-    return row
-
-
-def light_row(job: Job, now_ms: int) -> JsonDict:
-    """A list row with ``show_detail=false`` (reference §1.3); ``start_time`` 0 = never started."""
-    row = _common(job)
-    row["start_time"] = job.start_time or 0
-    row["user_name"] = job.user_name
-    row["duration"] = job.duration(now_ms)
-    row["root_id"] = job.root_id
-    return _with_extra(row, job, _LIGHT_KEYS)
-
-
-def detail_row(job: Job) -> JsonDict:
-    """A list row with ``show_detail=true``: the detail fields, no user_name/duration/root_id."""
-    row = _common(job)
-    row.update(_detail_fields(job))
-    return _with_extra(row, job, _DETAIL_ROW_KEYS)
-
-
-def detail(job: Job) -> JsonDict:
-    """``job_detail`` of the Job Details call: Tables 3 and 4 of the seed, except ``duration``
-    (documented for light list rows only, and volatile)."""
-    row = _common(job)
-    row.update(_detail_fields(job))
-    row["user_name"] = job.user_name
-    row["root_id"] = job.root_id
-    return _with_extra(row, job, _SHAPED - {"duration"})
-
-
-def _detail_fields(job: Job) -> JsonDict:
-    jar = job.job_type == "flink_jar_job"
-    started = job.start_time is not None
-    return {
-        "user_id": job.project.users.get(job.user_name, ""),
-        "project_id": job.project.id,
-        "sql_body": "" if jar else _SQL[job.variant % len(_SQL)],
-        "run_mode": job.run_mode,
-        "job_config": job_config(job),
-        "main_class": _MAIN_CLASSES[job.variant % 2] if jar else None,
-        "entrypoint_args": "--env prod --window 60" if jar and job.variant % 3 == 0 else None,
-        "execution_graph": _EXECUTION_GRAPH if started and not jar else None,
-        "update_time": job.update_time,
-    }
-
-
-def job_config(job: Job) -> JsonDict:
-    """Table 4: the job's configuration, from its knobs plus shared per-variant values."""
-    jar, v = job.job_type == "flink_jar_job", job.variant
-    checkpoint, logs = job.flag("checkpoint_enabled"), job.flag("log_enabled")
-    bucket = _bucket(job)
-    config: JsonDict = {
-        "checkpoint_enabled": checkpoint,
-        "checkpoint_interval": job.checkpoint_interval,
-        "checkpoint_mode": "exactly_once" if v % 3 else "at_least_once",
-        "log_enabled": logs,
-        "obs_bucket": bucket if logs or checkpoint else None,
-        "root_id": job.root_id,
-        "edge_group_ids": _edge_groups(job),
-        "manager_cu_number": 1,
-        "graph_editor_enabled": False,
-        "graph_editor_data": "",
-        "executor_number": None,
-        "executor_cu_number": None,
-        "cu_number": job.cu_number,
-        "parallel_number": job.parallel_number,
-        "smn_topic": "dli_job_alarm" if v % 4 == 0 else None,
-        "restart_when_exception": job.flag("restart_when_exception"),
-        "resume_checkpoint": job.flag("resume_checkpoint"),
-        "resume_max_num": -1 if job.flag("restart_when_exception") else 0,
-        "checkpoint_path": f"obs://{bucket}/checkpoints/{job.job_id}" if checkpoint else None,
-        "idle_state_retention": 3600,
-        "config_url": None,
-        "udf_jar_url": None if jar or v % 2 else "udf/flink-udf-1.0.jar",
-        "dirty_data_strategy": None if jar else "0",
-        "entrypoint": _JARS[v % len(_JARS)] if jar else None,
-        "dependency_jars": [_JARS[(v + 1) % len(_JARS)]] if jar and v % 2 else None,
-        "dependency_files": None,
-        "tm_cus": 1,
-        "tm_slot_num": job.parallel_number,
-        "image": None,
-        "feature": "basic",
-        "flink_version": _FLINK_VERSIONS[v % len(_FLINK_VERSIONS)],
-        "operator_config": None,
-        "static_estimator_config": None,
-        "runtime_config": None,
-        "real_cu_number": 0,
-    }
-    config.update((job.extra or {}).get("job_config", {}))
-    return config

@@ -1,0 +1,157 @@
+"""A simulated job as DLI's documented JSON: light and detailed list rows, detail, job_config."""
+
+from __future__ import annotations
+
+from bridge.records import Job, JsonDict
+
+__all__ = ["detail", "detail_row", "job_config", "light_row"]
+
+# Shared texts a job's ``variant`` picks from, so 100k jobs hold no copies.
+_SQL = (
+    "CREATE TABLE src (id BIGINT, amount DOUBLE) WITH ('connector' = 'kafka', 'topic' = 'orders');"
+    "\nCREATE TABLE dst (id BIGINT, total DOUBLE) WITH ('connector' = 'dws');"
+    "\nINSERT INTO dst SELECT id, SUM(amount) FROM src GROUP BY id;",
+    "CREATE TABLE clicks (url STRING, ts TIMESTAMP(3)) WITH ('connector' = 'dis');"
+    "\nINSERT INTO print_sink SELECT url, COUNT(*) FROM clicks GROUP BY url, "
+    "TUMBLE(ts, INTERVAL '1' MINUTE);",
+)
+_MAIN_CLASSES = ("com.example.flink.OrdersJob", "org.apache.flink.examples.WordCount")
+_JARS = ("FemaleInfoCollection.jar", "stream-etl-1.4.2.jar", "flink-cdc-job.jar")
+_FLINK_VERSIONS = ("1.15", "1.12", "1.17")
+_EXECUTION_GRAPH = '{"nodes":[{"id":1,"operator":"Source: src"},{"id":2,"operator":"Sink: dst"}]}'
+_LIGHT_KEYS = frozenset({"user_name", "duration", "root_id"})
+_DETAIL_ROW_KEYS = frozenset(
+    {"user_id", "project_id", "sql_body", "run_mode", "job_config", "main_class",
+     "entrypoint_args", "execution_graph", "update_time"}
+)  # fmt: skip
+_SHAPED = _LIGHT_KEYS | _DETAIL_ROW_KEYS
+
+
+def _common(job: Job) -> JsonDict:
+    """Fields every shape carries (list rows with or without show_detail, and the detail)."""
+    savepoint = job.savepoint_at
+    return {
+        "job_id": job.job_id,
+        "name": job.name,
+        "desc": job.desc,
+        "job_type": job.job_type,
+        "status": job.status.value,
+        "status_desc": job.status_desc,
+        "create_time": job.create_time,
+        "start_time": job.start_time,
+        "queue_name": job.queue_name,
+        "graph_editor_enabled": job.job_type == "flink_sql_job" and job.variant % 2 == 0,
+        "has_savepoint": savepoint is not None,
+        "savepoint_path": None
+        if savepoint is None
+        else f"obs://{_bucket(job)}/savepoints/{job.job_id}/savepoint-{savepoint}",
+        "edge_group_ids": _edge_groups(job),
+        "restart_times": job.restart_times,
+    }
+
+
+def _bucket(job: Job) -> str:
+    return f"dli-{job.project.id[:12]}"
+
+
+def _edge_groups(job: Job) -> list[str] | None:
+    if job.run_mode != "edge_node":
+        return None
+    return [f"{job.project.id[:8]}-edge-{job.variant}"]
+
+
+def _with_extra(row: JsonDict, job: Job, own: frozenset[str]) -> JsonDict:
+    """Hand-set fields override the rendered ones; unknown ones appear in every shape."""
+    for key, value in (job.extra or {}).items():
+        if key != "job_config" and (key in own or key not in _SHAPED):
+            row[key] = value
+    return row
+
+
+def light_row(job: Job, now_ms: int) -> JsonDict:
+    """A list row with ``show_detail=false`` (reference §1.3); ``start_time`` 0 = never started."""
+    row = _common(job)
+    row["start_time"] = job.start_time or 0
+    row["user_name"] = job.user_name
+    row["duration"] = job.duration(now_ms)
+    row["root_id"] = job.root_id
+    return _with_extra(row, job, _LIGHT_KEYS)
+
+
+def detail_row(job: Job) -> JsonDict:
+    """A list row with ``show_detail=true``: the detail fields, no user_name/duration/root_id."""
+    row = _common(job)
+    row.update(_detail_fields(job))
+    return _with_extra(row, job, _DETAIL_ROW_KEYS)
+
+
+def detail(job: Job) -> JsonDict:
+    """``job_detail`` of the Job Details call: Tables 3 and 4 of the seed, except ``duration``
+    (documented for light list rows only, and volatile)."""
+    row = _common(job)
+    row.update(_detail_fields(job))
+    row["user_name"] = job.user_name
+    row["root_id"] = job.root_id
+    return _with_extra(row, job, _SHAPED - {"duration"})
+
+
+def _detail_fields(job: Job) -> JsonDict:
+    jar = job.job_type == "flink_jar_job"
+    started = job.start_time is not None
+    return {
+        "user_id": job.project.users.get(job.user_name, ""),
+        "project_id": job.project.id,
+        "sql_body": "" if jar else _SQL[job.variant % len(_SQL)],
+        "run_mode": job.run_mode,
+        "job_config": job_config(job),
+        "main_class": _MAIN_CLASSES[job.variant % 2] if jar else None,
+        "entrypoint_args": "--env prod --window 60" if jar and job.variant % 3 == 0 else None,
+        "execution_graph": _EXECUTION_GRAPH if started and not jar else None,
+        "update_time": job.update_time,
+    }
+
+
+def job_config(job: Job) -> JsonDict:
+    """Table 4: the job's configuration, from its knobs plus shared per-variant values."""
+    jar, v = job.job_type == "flink_jar_job", job.variant
+    checkpoint, logs = job.flag("checkpoint_enabled"), job.flag("log_enabled")
+    bucket = _bucket(job)
+    config: JsonDict = {
+        "checkpoint_enabled": checkpoint,
+        "checkpoint_interval": job.checkpoint_interval,
+        "checkpoint_mode": "exactly_once" if v % 3 else "at_least_once",
+        "log_enabled": logs,
+        "obs_bucket": bucket if logs or checkpoint else None,
+        "root_id": job.root_id,
+        "edge_group_ids": _edge_groups(job),
+        "manager_cu_number": 1,
+        "graph_editor_enabled": False,
+        "graph_editor_data": "",
+        "executor_number": None,
+        "executor_cu_number": None,
+        "cu_number": job.cu_number,
+        "parallel_number": job.parallel_number,
+        "smn_topic": "dli_job_alarm" if v % 4 == 0 else None,
+        "restart_when_exception": job.flag("restart_when_exception"),
+        "resume_checkpoint": job.flag("resume_checkpoint"),
+        "resume_max_num": -1 if job.flag("restart_when_exception") else 0,
+        "checkpoint_path": f"obs://{bucket}/checkpoints/{job.job_id}" if checkpoint else None,
+        "idle_state_retention": 3600,
+        "config_url": None,
+        "udf_jar_url": None if jar or v % 2 else "udf/flink-udf-1.0.jar",
+        "dirty_data_strategy": None if jar else "0",
+        "entrypoint": _JARS[v % len(_JARS)] if jar else None,
+        "dependency_jars": [_JARS[(v + 1) % len(_JARS)]] if jar and v % 2 else None,
+        "dependency_files": None,
+        "tm_cus": 1,
+        "tm_slot_num": job.parallel_number,
+        "image": None,
+        "feature": "basic",
+        "flink_version": _FLINK_VERSIONS[v % len(_FLINK_VERSIONS)],
+        "operator_config": None,
+        "static_estimator_config": None,
+        "runtime_config": None,
+        "real_cu_number": 0,
+    }
+    config.update((job.extra or {}).get("job_config", {}))
+    return config

@@ -1,0 +1,60 @@
+"""Offset paging over a job list that changes while it is read: overlap one row, step back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bridge.errors import ApiUnavailable
+from bridge.models import Fetched, JobListItem
+from bridge.settings import MAX_PAGE_SIZE
+
+__all__ = ["MAX_STEP_BACKS", "PageScan"]
+
+# Each step back re-reads one page; this many in one sweep means the list churns faster than
+# we can read it, and the sweep is better retried later than continued.
+MAX_STEP_BACKS = 50
+
+
+class PageScan:
+    """Offset paging over a list that changes while we read it (``order=asc``).
+
+    Each page after the first starts one row early, on the last row already taken. If a
+    deletion shifted the rows left, that page holds no row we have seen: rows may have
+    slipped past the boundary unseen, so the scan steps one page back and reads again.
+    Rows are deduplicated by ``job_id``; jobs created mid-scan land at the end (ascending
+    order) and are picked up. ``offset`` is None when the scan is complete.
+    """
+
+    def __init__(self, limit: int, project_id: str | None = None) -> None:
+        # One row of overlap needs at least two rows a page; DLI serves at most 100.
+        self.limit = max(2, min(limit, MAX_PAGE_SIZE))
+        self.project_id = project_id
+        self.offset: int | None = 0
+        self.step_backs = 0
+        self._seen: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"<PageScan offset={self.offset} seen={len(self._seen)} back={self.step_backs}>"
+
+    def take(self, rows: Sequence[Fetched[JobListItem]]) -> list[Fetched[JobListItem]]:
+        """Feed the page read at ``offset``; return its rows not taken before."""
+        at = self.offset
+        if at is None:
+            return []
+        if at > 0 and not any(row.model.job_id in self._seen for row in rows):
+            self._step_back(at)
+            return []
+        fresh = []
+        for row in rows:
+            if row.model.job_id not in self._seen:
+                self._seen.add(row.model.job_id)
+                fresh.append(row)
+        self.offset = None if len(rows) < self.limit else at + len(rows) - 1
+        return fresh
+
+    def _step_back(self, at: int) -> None:
+        self.step_backs += 1
+        if self.step_backs > MAX_STEP_BACKS:
+            text = f"job list kept shifting: {self.step_backs} re-reads in one sweep"
+            raise ApiUnavailable(text, project_id=self.project_id)
+        self.offset = max(0, at - (self.limit - 1))
