@@ -1,0 +1,666 @@
+"""A real single-node Apache Kafka broker (KRaft) on loopback, assembled from Maven Central jars."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import enum
+import fcntl
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from bridge.errors import LocalKafkaError
+
+__all__ = [
+    "DEFAULT_KAFKA_VERSION",
+    "LocalKafka",
+    "LoggingBackend",
+    "broker_config",
+    "check_version",
+    "default_cache_dir",
+    "ensure_jars",
+    "libs_dir",
+    "logging_backend",
+    "new_cluster_id",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+# The newest 3.9 patch; it resolved from Maven Central, so the 3.9.1 fallback is not needed.
+# 3.9 keeps every old protocol version, which makes it aiokafka's lowest-risk pairing.
+DEFAULT_KAFKA_VERSION: Final = "3.9.2"
+
+MAVEN_TIMEOUT_S: Final = 900.0
+FORMAT_TIMEOUT_S: Final = 120.0
+STOP_TIMEOUT_S: Final = 30.0
+HOST: Final = "127.0.0.1"  # never "localhost": ::1 versus 127.0.0.1 mismatches
+
+_RESOURCES: Final = resources.files("bridge").joinpath("resources")
+_POM: Final = _RESOURCES.joinpath("kafka-pom.xml")
+_VERSION_RE: Final = re.compile(r"(\d+)\.(\d+)\.\d+(?:[.-][0-9A-Za-z]+)*")
+_ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")  # Maven 3.8 colours even with -B
+_TAIL_LINES: Final = 40
+_PR_SET_PDEATHSIG: Final = 1
+
+# Tuned for one node on a small machine. Internal topics with RF > 1 would leave groups and
+# transactions on COORDINATOR_NOT_AVAILABLE forever; their default 50 partitions make the
+# first group/transaction call slow.
+_SINGLE_NODE: Final = {
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "num.partitions": "1",
+    "auto.create.topics.enable": "true",
+    "group.initial.rebalance.delay.ms": "0",
+    "group.min.session.timeout.ms": "500",
+    # the cleaner sleeps this long when nothing is dirty; the default 15 s hides compaction
+    "log.cleaner.backoff.ms": "200",
+    "log.cleaner.threads": "1",
+    # the dedupe map is a plain heap buffer; the 128 MiB default would crowd a small heap
+    "log.cleaner.dedupe.buffer.size": "16777216",
+    "num.network.threads": "2",
+    "num.io.threads": "2",
+    "background.threads": "2",
+    "num.recovery.threads.per.data.dir": "1",
+    "auto.leader.rebalance.enable": "false",
+}
+# Kafka 4.x only: share groups' internal topic; unknown (and only warned about) on 3.x.
+_SHARE_COORDINATOR: Final = {
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+}
+
+
+@dataclass(frozen=True)
+class LoggingBackend:
+    """The logging jars (a Maven profile in kafka-pom.xml) and config one Kafka line needs."""
+
+    profile: str
+    log4j2_version: str
+    config_name: str  # a file in bridge/resources
+    # a 3.x property given to 4.x (or the reverse) is silently ignored: the broker logs nothing
+    config_property: str
+
+    @property
+    def config_text(self) -> str:
+        return _RESOURCES.joinpath(self.config_name).read_text()
+
+    def jvm_option(self, config: Path) -> str:
+        url = f"file:{config}" if self.profile == "reload4j" else str(config)
+        return f"-D{self.config_property}={url}"
+
+
+def check_version(version: str) -> tuple[int, int]:
+    """Return (major, minor) of a Kafka version such as ``3.9.2``; reject anything else."""
+    match = _VERSION_RE.fullmatch(version)
+    if match is None:
+        raise LocalKafkaError(
+            f"{version!r} is not a Kafka version: give one like {DEFAULT_KAFKA_VERSION} or 4.1.2"
+        )
+    return int(match[1]), int(match[2])
+
+
+def logging_backend(version: str) -> LoggingBackend:
+    """Kafka 3.x logs through reload4j, 4.x through log4j2 (2.25 from 4.2 on)."""
+    line = check_version(version)
+    if line < (4, 0):
+        return LoggingBackend("reload4j", "", "log4j.properties", "log4j.configuration")
+    log4j2 = "2.24.3" if line < (4, 2) else "2.25.3"
+    return LoggingBackend("log4j2", log4j2, "log4j2.properties", "log4j2.configurationFile")
+
+
+def default_cache_dir() -> Path:
+    """$DLI_BRIDGE_CACHE_DIR, else $XDG_CACHE_HOME/dli-bridge, else ~/.cache/dli-bridge."""
+    if explicit := os.environ.get("DLI_BRIDGE_CACHE_DIR"):
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec says to ignore a relative value
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "dli-bridge"
+
+
+def libs_dir(cache_dir: Path, version: str) -> Path:
+    """Where one Kafka version's jars live; one version per directory, never mixed."""
+    return cache_dir / "kafka" / version / "libs"
+
+
+def broker_config(port: int, controller_port: int, data_dir: Path, version: str) -> dict[str, str]:
+    """server.properties for a combined broker+controller with a static one-voter quorum."""
+    config = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        **_SINGLE_NODE,
+    }
+    if check_version(version) >= (4, 0):
+        config.update(_SHARE_COORDINATOR)
+    return config
+
+
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's ``StorageTool random-uuid`` makes it, without a JVM."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # Kafka's generator rejects ids that look like a CLI flag and its two reserved ids
+        if not cid.startswith("-") and cid not in (
+            "AAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAQ",
+        ):
+            return cid
+
+
+# --- jar cache -------------------------------------------------------------------------------
+
+
+async def ensure_jars(version: str, cache_dir: Path | None = None, *, mvn: str = "mvn") -> Path:
+    """Return the directory holding Kafka ``version``'s jars, resolving them with Maven once.
+
+    The ``complete`` marker is written only after a successful copy, so a cached version
+    never runs Maven again; a file lock keeps concurrent first runs from racing.
+    """
+    check_version(version)
+    libs = libs_dir(cache_dir or default_cache_dir(), version)
+    marker = libs.parent / "complete"
+    if marker.exists():
+        return libs
+    async with _file_lock(libs.parent / "lock"):
+        if not marker.exists():
+            await _resolve_jars(version, libs, mvn)
+            jars = sorted(libs.glob("*.jar"))
+            marker.write_text(f"{len(jars)} jars, {sum(j.stat().st_size for j in jars)} bytes\n")
+            log.info("cached %d Kafka %s jars in %s", len(jars), version, libs)
+    return libs
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                log.debug("waiting for another process to finish resolving into %s", path.parent)
+                await asyncio.sleep(0.5)
+        yield
+
+
+async def _resolve_jars(version: str, libs: Path, mvn: str) -> None:
+    mvn_path = shutil.which(mvn)
+    if mvn_path is None:
+        raise LocalKafkaError(
+            f"Maven ({mvn!r}) was not found and the Kafka {version} jars are not cached in {libs}: "
+            "install Maven 3.6+ (e.g. `apt-get install maven`) or pass the path of mvn"
+        )
+    staging = _fresh_staging(libs)
+    argv = _maven_argv(mvn_path, version, staging)
+    log.info("resolving Kafka %s from Maven Central (first use of this version)", version)
+    code, output = await _run(argv, MAVEN_TIMEOUT_S, what="Maven", cwd=staging)
+    if code != 0 or not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
+        raise LocalKafkaError(
+            f"Maven could not resolve Kafka {version} (exit status {code}): check that the version "
+            f"exists on Maven Central (e.g. {DEFAULT_KAFKA_VERSION}, 4.1.2) and that Central, or "
+            "the mirror in ~/.m2/settings.xml, is reachable; then retry",
+            log_tail=_last_lines(output),
+        )
+    (staging / "libs").rename(libs)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fresh_staging(libs: Path) -> Path:
+    staging = libs.parent / "staging"
+    for stale in (staging, libs):  # left by an interrupted earlier run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # Maven gets its own copy: the installed package may be read-only
+    (staging / "pom.xml").write_bytes(_POM.read_bytes())
+    return staging
+
+
+def _maven_argv(mvn: str, version: str, staging: Path) -> list[str]:
+    backend = logging_backend(version)
+    argv = [mvn, "-B", "-q", "-ntp", "-f", str(staging / "pom.xml"), f"-P{backend.profile}"]
+    argv.append(f"-Dkafka.version={version}")
+    if backend.log4j2_version:
+        argv.append(f"-Dlog4j2.version={backend.log4j2_version}")
+    argv += ["dependency:copy-dependencies", "-DincludeScope=runtime"]
+    return [*argv, f"-DoutputDirectory={staging / 'libs'}"]
+
+
+async def _run(argv: list[str], timeout_s: float, *, what: str, cwd: Path) -> tuple[int, str]:
+    """Run a short-lived command to completion; return its exit status and merged output."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise LocalKafkaError(f"could not run {what} ({argv[0]}): {exc}") from exc
+    try:
+        async with asyncio.timeout(timeout_s):
+            output, _ = await proc.communicate()
+    except TimeoutError as exc:
+        raise LocalKafkaError(f"{what} did not finish within {timeout_s:g}s") from exc
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: never leave it running
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, _ANSI_RE.sub("", output.decode(errors="replace"))
+
+
+# --- processes and ports ---------------------------------------------------------------------
+
+
+def _last_lines(text: str, count: int = _TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+def _file_tail(path: Path) -> str:
+    try:
+        return _last_lines(path.read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # as the JVM does, so a port left in TIME_WAIT by an earlier broker still counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _find_java(java: str) -> str:
+    path = shutil.which(java)
+    if path is None:
+        raise LocalKafkaError(
+            f"Java ({java!r}) was not found: install a JDK or JRE 17+ "
+            "(e.g. `apt-get install openjdk-17-jre-headless`) or pass the path of java"
+        )
+    return path
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes Linux SIGKILL the child when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # looked up before fork: the child between fork and exec must not import or allocate
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        # PDEATHSIG fires when the *thread* that forked us exits, hence spawning from the
+        # event-loop thread rather than an executor thread
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+def _spawn(argv: list[str], output: Path) -> subprocess.Popen[bytes]:
+    # plain Popen, not asyncio: closing an event loop kills the subprocesses it started
+    with output.open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal must not reach the JVM directly
+            preexec_fn=_parent_death_hook(),
+        )
+
+
+async def _exited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            # Popen has no awaitable exit, and asyncio's child watcher must not own the JVM
+            while proc.poll() is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    return proc.poll() is not None
+
+
+async def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM (Kafka's shutdown hook does a controlled shutdown), then SIGKILL."""
+    try:
+        if grace_s > 0 and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if not await _exited(proc, grace_s):
+                log.warning("Kafka pid %d ignored SIGTERM for %gs; killing it", proc.pid, grace_s)
+    finally:  # also when cancelled mid-wait: the JVM must not outlive us
+        if proc.poll() is None:
+            proc.kill()
+    await _exited(proc, 10.0)
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection(HOST, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _has_broker(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        async with asyncio.timeout(10.0):
+            await admin.start()
+            cluster = await admin.describe_cluster()
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await admin.close()
+    return bool(cluster.get("brokers"))
+
+
+# --- the broker ------------------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class LocalKafka:
+    """One single-node KRaft broker process on loopback, with a private temp data dir.
+
+    Single use: ``start()`` (or ``async with``) resolves the jars (cached per version),
+    formats the storage, spawns the JVM and waits until a metadata request succeeds;
+    ``stop()`` shuts it down and deletes the data. The JVM dies with this process.
+    """
+
+    def __init__(
+        self,
+        version: str = DEFAULT_KAFKA_VERSION,
+        *,
+        cache_dir: Path | None = None,
+        port: int | None = None,
+        heap_mb: int = 512,
+        startup_timeout_s: float = 120.0,
+        java: str = "java",
+        mvn: str = "mvn",
+    ) -> None:
+        check_version(version)
+        self.version = version
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._port = port
+        self._heap_mb = heap_mb
+        self._startup_timeout_s = startup_timeout_s
+        self._java = java
+        self._mvn = mvn
+        self._state = _State.NEW
+        self._workdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._bootstrap: str | None = None
+
+    def __repr__(self) -> str:
+        where = f" {self._bootstrap}" if self._bootstrap else ""
+        return f"<LocalKafka {self.version} {self._state.value}{where}>"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT``; valid once ``start()`` has returned."""
+        if self._bootstrap is None or self._state is not _State.RUNNING:
+            raise LocalKafkaError(f"{self!r} is not running: start() it first")
+        return self._bootstrap
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log file (server.log in its temp dir, deleted by ``stop()``)."""
+        return self._dir() / "server.log"
+
+    @property
+    def output_path(self) -> Path:
+        """The JVM's stdout and stderr: failures before logging is set up land here."""
+        return self._dir() / "kafka.out"
+
+    @property
+    def pid(self) -> int | None:
+        """The JVM's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> str:
+        """Resolve, format, spawn and wait until ready; return the bootstrap address."""
+        if self._state is not _State.NEW:
+            raise LocalKafkaError(f"{self!r} was already started; create a new LocalKafka")
+        self._state = _State.RUNNING
+        try:
+            return await self._start()
+        except BaseException:
+            await self._teardown(grace_s=0)
+            raise
+
+    async def stop(self) -> None:
+        """SIGTERM, SIGKILL after STOP_TIMEOUT_S, remove the temp dir. Safe to call twice."""
+        if self._state is _State.RUNNING:
+            await self._teardown(grace_s=STOP_TIMEOUT_S)
+        self._state = _State.STOPPED
+
+    async def _start(self) -> str:
+        java = _find_java(self._java)
+        port = self._client_port()
+        libs = await ensure_jars(self.version, self.cache_dir, mvn=self._mvn)
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"dli-bridge-kafka-{self.version}-"))
+        config = self._write_config(port, _free_port())
+        await self._format(java, libs, config)
+        began = time.monotonic()
+        self._proc = _spawn(
+            [java, *self._jvm_args(libs, self._heap_mb), "kafka.Kafka", str(config)],
+            self.output_path,
+        )
+        await self._wait_ready(self._proc, port)
+        log.info(
+            "Kafka %s ready on %s:%d after %.1fs (pid %d, log %s)",
+            self.version,
+            HOST,
+            port,
+            time.monotonic() - began,
+            self._proc.pid,
+            self.log_path,
+        )
+        self._bootstrap = f"{HOST}:{port}"
+        return self._bootstrap
+
+    def _dir(self) -> Path:
+        if self._workdir is None:
+            raise LocalKafkaError(f"{self!r} has no files: start() it first")
+        return self._workdir
+
+    def _client_port(self) -> int:
+        if self._port is None:
+            return _free_port()
+        if not _port_is_free(self._port):
+            raise LocalKafkaError(
+                f"port {self._port} on {HOST} is already in use: stop what listens there "
+                f"(`ss -ltnp 'sport = :{self._port}'`) or choose another port "
+                "(omit it to get a free one)"
+            )
+        return self._port
+
+    def _write_config(self, port: int, controller_port: int) -> Path:
+        workdir = self._dir()
+        backend = logging_backend(self.version)
+        (workdir / backend.config_name).write_text(backend.config_text)
+        config = broker_config(port, controller_port, workdir / "data", self.version)
+        path = workdir / "server.properties"
+        path.write_text("".join(f"{key}={value}\n" for key, value in config.items()))
+        return path
+
+    def _jvm_args(self, libs: Path, heap_mb: int) -> list[str]:
+        workdir = self._dir()
+        backend = logging_backend(self.version)
+        return [
+            f"-Xms{min(heap_mb, 128)}m",
+            f"-Xmx{heap_mb}m",
+            # a small heap and C1-only JIT start faster and use less CPU than upstream's G1
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-XX:-UsePerfData",
+            "-Djava.awt.headless=true",
+            "-Djava.net.preferIPv4Stack=true",
+            backend.jvm_option(workdir / backend.config_name),
+            f"-Dkafka.logs.dir={workdir}",
+            "-cp",
+            f"{libs}/*",  # expanded by java itself, not by a shell
+        ]
+
+    async def _format(self, java: str, libs: Path, config: Path) -> None:
+        argv = [java, *self._jvm_args(libs, 256), "kafka.tools.StorageTool", "format"]
+        argv += ["-t", new_cluster_id(), "-c", str(config)]
+        code, output = await _run(
+            argv, FORMAT_TIMEOUT_S, what="Kafka's storage format", cwd=self._dir()
+        )
+        if code != 0:
+            raise LocalKafkaError(
+                f"formatting the Kafka {self.version} storage failed (exit status {code}): the "
+                f"jar cache {libs} may be damaged; delete {libs.parent} and retry",
+                log_tail=_last_lines(output),
+            )
+        log.debug("formatted: %s", output.strip())
+
+    async def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> None:
+        # With a fixed port the broker opens its client listener only once it is unfenced,
+        # so an accepted connection already means "serving"; the metadata call confirms it.
+        try:
+            async with asyncio.timeout(self._startup_timeout_s):
+                while True:
+                    self._check_alive(proc)
+                    if await _accepts(port) and await _has_broker(f"{HOST}:{port}"):
+                        return
+                    await asyncio.sleep(0.2)
+        except TimeoutError as exc:
+            raise LocalKafkaError(
+                f"Kafka {self.version} was not ready on {HOST}:{port} within "
+                f"{self._startup_timeout_s:g}s: allow more time (startup_timeout_s) on a slow "
+                "or busy machine, or look for the cause in the broker log below",
+                log_tail=self._log_tail(),
+            ) from exc
+
+    def _check_alive(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.poll()
+        if code is not None:
+            raise LocalKafkaError(
+                f"the Kafka {self.version} JVM exited with status {code} while starting: see its "
+                "output below (a bad JVM setting such as the heap size, or Java older than 17?)",
+                log_tail=self._log_tail(),
+            )
+
+    def _log_tail(self) -> str:
+        parts = []
+        for path in (self.output_path, self.log_path):
+            if text := _file_tail(path):
+                parts.append(f"[{path.name}]\n{text}")
+        return "\n".join(parts)
+
+    async def _teardown(self, grace_s: float) -> None:
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None:
+                await _terminate(proc, grace_s)
+                log.info(
+                    "Kafka %s (pid %d) stopped with status %s",
+                    self.version,
+                    proc.pid,
+                    proc.returncode,
+                )
+        finally:
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            self._state = _State.STOPPED
+
+
+async def serve(kafka: LocalKafka, announce: Callable[[str], None]) -> None:
+    """Run ``kafka`` until SIGINT or SIGTERM; call ``announce(bootstrap)`` once it is ready.
+
+    A signal cancels whatever is under way, start-up included, and the broker stops cleanly;
+    a second signal during that stop kills the JVM at once. Only a signal ends this quietly:
+    any other cancellation propagates.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise LocalKafkaError("serve() must run inside an asyncio task")
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with kafka:
+            announce(kafka.bootstrap_servers)
+            await loop.create_future()  # forever: only a signal ends it
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        log.info("Kafka %s stopped on %s", kafka.version, received[0].name)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

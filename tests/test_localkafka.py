@@ -1,0 +1,435 @@
+"""The local Kafka launcher: config, jar cache, errors that name the fix, process hygiene, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bridge import localkafka
+from bridge.errors import LocalKafkaError
+from bridge.localkafka import (
+    LocalKafka,
+    broker_config,
+    check_version,
+    default_cache_dir,
+    ensure_jars,
+    libs_dir,
+    logging_backend,
+    new_cluster_id,
+)
+from tests.kafka_fixtures import create_topic, eventually, kafka_version
+
+# --- pure parts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DLI_BRIDGE_CACHE_DIR": "/c/mine", "XDG_CACHE_HOME": "/x"}, "/c/mine"),
+        ({"XDG_CACHE_HOME": "/x"}, "/x/dli-bridge"),
+        ({"XDG_CACHE_HOME": "relative/ignored"}, "/home/u/.cache/dli-bridge"),
+        ({"DLI_BRIDGE_CACHE_DIR": "", "XDG_CACHE_HOME": ""}, "/home/u/.cache/dli-bridge"),
+        ({}, "/home/u/.cache/dli-bridge"),
+    ],
+)
+def test_default_cache_dir_follows_environment(monkeypatch, env, expected):
+    monkeypatch.setenv("HOME", "/home/u")
+    for name in ("DLI_BRIDGE_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_cache_dir() == Path(expected)
+
+
+def test_libs_dir_is_per_version():
+    assert libs_dir(Path("/c"), "3.9.2") == Path("/c/kafka/3.9.2/libs")
+    assert libs_dir(Path("/c"), "3.9.2") != libs_dir(Path("/c"), "4.1.2")
+
+
+@pytest.mark.parametrize(
+    ("version", "line"),
+    [("3.9.2", (3, 9)), ("4.1.2", (4, 1)), ("10.0.0", (10, 0)), ("4.2.0-rc1", (4, 2))],
+)
+def test_check_version_returns_major_minor(version, line):
+    assert check_version(version) == line
+
+
+@pytest.mark.parametrize("version", ["", "3.9", "latest", "3.9.2 ", "../3.9.2", "3.9.2;rm"])
+def test_check_version_rejects_non_versions(version):
+    with pytest.raises(LocalKafkaError, match="is not a Kafka version: give one like"):
+        check_version(version)
+
+
+@pytest.mark.parametrize(
+    ("version", "profile", "log4j2", "option"),
+    [
+        ("3.9.2", "reload4j", "", "-Dlog4j.configuration=file:/w/log4j.properties"),
+        ("4.0.1", "log4j2", "2.24.3", "-Dlog4j2.configurationFile=/w/log4j2.properties"),
+        ("4.1.2", "log4j2", "2.24.3", "-Dlog4j2.configurationFile=/w/log4j2.properties"),
+        ("4.2.0", "log4j2", "2.25.3", "-Dlog4j2.configurationFile=/w/log4j2.properties"),
+    ],
+)
+def test_logging_backend_matches_kafka_line(version, profile, log4j2, option):
+    backend = logging_backend(version)
+    assert (backend.profile, backend.log4j2_version) == (profile, log4j2)
+    assert backend.jvm_option(Path("/w") / backend.config_name) == option
+    assert "kafka.logs.dir}/server.log" in backend.config_text
+
+
+def test_pom_ships_both_logging_profiles():
+    pom = localkafka._POM.read_text()
+    for needle in ("<id>reload4j</id>", "<id>log4j2</id>", "${kafka.version}", "kafka_2.13"):
+        assert needle in pom
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("offsets.topic.replication.factor", "1"),
+        ("offsets.topic.num.partitions", "1"),
+        ("transaction.state.log.replication.factor", "1"),
+        ("transaction.state.log.min.isr", "1"),
+        ("transaction.state.log.num.partitions", "1"),
+        ("group.initial.rebalance.delay.ms", "0"),
+        ("group.min.session.timeout.ms", "500"),
+        ("log.cleaner.backoff.ms", "200"),
+        ("controller.quorum.voters", "1@127.0.0.1:9093"),
+        ("advertised.listeners", "PLAINTEXT://127.0.0.1:9092"),
+        ("log.dirs", "/w/data"),
+    ],
+)
+def test_broker_config_is_tuned_for_one_loopback_node(key, value):
+    assert broker_config(9092, 9093, Path("/w/data"), "3.9.2")[key] == value
+
+
+@pytest.mark.parametrize(("version", "has_share"), [("3.9.2", False), ("4.1.2", True)])
+def test_broker_config_adds_share_coordinator_settings_on_kafka_4(version, has_share):
+    config = broker_config(9092, 9093, Path("/w"), version)
+    assert ("share.coordinator.state.topic.replication.factor" in config) is has_share
+
+
+def test_new_cluster_id_is_22_url_safe_characters_not_starting_with_dash():
+    ids = {new_cluster_id() for _ in range(500)}
+    assert len(ids) == 500
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", cid) for cid in ids)
+
+
+# --- jar cache with a stand-in for Maven ------------------------------------------------------
+
+FAKE_MVN = """\
+#!/bin/sh
+echo "$@" >> "{calls}"
+for arg in "$@"; do
+  case "$arg" in
+    -DoutputDirectory=*) out="${{arg#-DoutputDirectory=}}" ;;
+    -Dkafka.version=*) version="${{arg#-Dkafka.version=}}" ;;
+  esac
+done
+sleep 0.3
+if [ "{fail}" = yes ]; then echo "[ERROR] Could not find artifact kafka_2.13:$version"; exit 1; fi
+mkdir -p "$out" && echo jar > "$out/kafka_2.13-$version.jar"
+"""
+
+
+def fake_mvn(tmp_path: Path, *, fail: bool = False) -> tuple[str, Path]:
+    """A shell script standing in for mvn; returns its path and the file logging its calls."""
+    calls = tmp_path / "mvn-calls"
+    script = tmp_path / "fake-mvn"
+    script.write_text(FAKE_MVN.format(calls=calls, fail="yes" if fail else "no"))
+    script.chmod(0o755)
+    return str(script), calls
+
+
+async def test_ensure_jars_runs_maven_once_even_when_called_concurrently(tmp_path):
+    mvn, calls = fake_mvn(tmp_path)
+    cache = tmp_path / "cache"
+
+    first, second = await asyncio.gather(
+        ensure_jars("3.9.2", cache, mvn=mvn), ensure_jars("3.9.2", cache, mvn=mvn)
+    )
+    again = await ensure_jars("3.9.2", cache, mvn="/nonexistent/mvn")
+
+    assert first == second == again == libs_dir(cache, "3.9.2")
+    assert (again / "kafka_2.13-3.9.2.jar").is_file()
+    assert len(calls.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("3.9.2", ["-B", "-q", "-Preload4j", "-Dkafka.version=3.9.2", "-DincludeScope=runtime"]),
+        ("4.1.2", ["-B", "-Plog4j2", "-Dkafka.version=4.1.2", "-Dlog4j2.version=2.24.3"]),
+    ],
+)
+async def test_ensure_jars_runs_maven_in_batch_mode_with_the_version_profile(
+    tmp_path, version, expected
+):
+    mvn, calls = fake_mvn(tmp_path)
+    await ensure_jars(version, tmp_path / "cache", mvn=mvn)
+    args = calls.read_text().split()
+    assert all(arg in args for arg in expected)
+    assert "dependency:copy-dependencies" in args
+
+
+async def test_failed_resolution_writes_no_marker_and_retries_next_time(tmp_path):
+    failing, calls = fake_mvn(tmp_path, fail=True)
+    cache = tmp_path / "cache"
+    with pytest.raises(LocalKafkaError, match=r"Maven could not resolve Kafka 3\.9\.2") as caught:
+        await ensure_jars("3.9.2", cache, mvn=failing)
+    assert "Could not find artifact kafka_2.13:3.9.2" in caught.value.log_tail
+    assert not (libs_dir(cache, "3.9.2").parent / "complete").exists()
+    assert len(calls.read_text().splitlines()) == 1
+
+    (tmp_path / "fixed").mkdir()
+    working, _ = fake_mvn(tmp_path / "fixed")
+    assert (await ensure_jars("3.9.2", cache, mvn=working)).is_dir()
+
+
+async def test_real_maven_failure_names_the_fix_and_carries_maven_output(tmp_path):
+    """A version Central lacks, resolved offline so the test never needs the network."""
+    mvn = shutil.which("mvn")
+    assert mvn is not None, "the test suite needs Maven on PATH"
+    offline = tmp_path / "mvn-offline"
+    offline.write_text(f'#!/bin/sh\nexec "{mvn}" -o "$@"\n')
+    offline.chmod(0o755)
+
+    with pytest.raises(LocalKafkaError) as caught:
+        await ensure_jars("0.0.1-nonexistent", tmp_path / "cache", mvn=str(offline))
+
+    message = str(caught.value)
+    assert "Maven could not resolve Kafka 0.0.1-nonexistent" in message
+    assert "check that the version exists on Maven Central" in message
+    assert "[ERROR]" in caught.value.log_tail
+    assert "\x1b[" not in caught.value.log_tail
+
+
+# --- errors before any JVM runs ---------------------------------------------------------------
+
+
+async def test_start_fails_when_java_is_missing(tmp_path):
+    kafka = LocalKafka(java="/nonexistent/java", cache_dir=tmp_path)
+    with pytest.raises(
+        LocalKafkaError, match=r"Java \('/nonexistent/java'\) was not found: install"
+    ):
+        await kafka.start()
+    assert "stopped" in repr(kafka)
+
+
+async def test_start_fails_when_mvn_is_missing_and_cache_is_empty(tmp_path):
+    kafka = LocalKafka(mvn="/nonexistent/mvn", cache_dir=tmp_path)
+    with pytest.raises(
+        LocalKafkaError, match=r"Maven \('/nonexistent/mvn'\) was not found .* install"
+    ):
+        await kafka.start()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def test_start_fails_before_spawning_when_port_is_taken(tmp_path, taken_port):
+    # an empty cache and no mvn: reaching jar resolution would raise a different error
+    kafka = LocalKafka(port=taken_port, cache_dir=tmp_path, mvn="/nonexistent/mvn")
+    with pytest.raises(LocalKafkaError, match=f"port {taken_port} on 127.0.0.1 is already in use"):
+        await kafka.start()
+    assert kafka.pid is None
+
+
+async def test_start_is_single_use(tmp_path):
+    kafka = LocalKafka(java="/nonexistent/java", cache_dir=tmp_path)
+    with pytest.raises(LocalKafkaError):
+        await kafka.start()
+    with pytest.raises(LocalKafkaError, match="already started; create a new LocalKafka"):
+        await kafka.start()
+
+
+def test_bootstrap_servers_before_start_raises():
+    with pytest.raises(LocalKafkaError, match="is not running: start"):
+        _ = LocalKafka().bootstrap_servers
+
+
+# --- real brokers -----------------------------------------------------------------------------
+
+
+def jvm_processes_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and not is_gone(int(proc.name)):
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    """True once ``pid`` no longer runs; a zombie waiting for its reaper counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+@pytest.fixture
+async def jars() -> Path:
+    """The cached jars of the tested version (Maven runs only if this machine has none yet)."""
+    return await ensure_jars(kafka_version())
+
+
+@pytest.mark.integration
+async def test_second_start_runs_from_cache_without_maven(jars):
+    async with LocalKafka(kafka_version(), mvn="/nonexistent/mvn") as kafka:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        try:
+            await admin.start()
+            cluster = await admin.describe_cluster()
+        finally:
+            await admin.close()
+        port = int(kafka.bootstrap_servers.rpartition(":")[2])
+        pid, workdir = kafka.pid, kafka.log_path.parent
+        assert "Kafka Server started" in kafka.log_path.read_text()
+
+    assert [(b["host"], b["port"]) for b in cluster["brokers"]] == [("127.0.0.1", port)]
+    assert pid is not None
+    assert is_gone(pid)
+    assert not workdir.exists()
+
+
+@pytest.mark.integration
+async def test_start_fails_fast_with_jvm_output_when_broker_exits(jars):
+    kafka = LocalKafka(kafka_version(), heap_mb=1)  # the JVM refuses a 1 MiB heap
+    with pytest.raises(LocalKafkaError, match="JVM exited with status 1 while starting") as caught:
+        await kafka.start()
+    assert "Too small maximum heap" in caught.value.log_tail
+    assert "[kafka.out]" in caught.value.log_tail
+
+
+@pytest.mark.integration
+async def test_start_times_out_and_leaves_no_jvm_behind(jars):
+    kafka = LocalKafka(kafka_version(), startup_timeout_s=0.5)
+    with pytest.raises(LocalKafkaError, match=r"not ready on 127\.0\.0\.1:\d+ within 0\.5s: allow"):
+        await kafka.start()
+    # the temp dir name is unique and on the JVM's command line (-Dkafka.logs.dir)
+    workdir = kafka.log_path.parent
+    assert not workdir.exists()
+    assert jvm_processes_mentioning(str(workdir)) == []
+
+
+ORPHAN_SCRIPT = """\
+import asyncio
+from bridge.localkafka import LocalKafka
+
+async def main():
+    kafka = LocalKafka({version!r})
+    await kafka.start()
+    print(kafka.pid, kafka.log_path.parent, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def orphaned_child(jars) -> AsyncIterator[asyncio.subprocess.Process]:
+    script = ORPHAN_SCRIPT.format(version=kafka_version())
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    yield child
+    if child.returncode is None:
+        child.kill()
+    await child.wait()
+
+
+@pytest.mark.integration
+async def test_jvm_dies_when_its_parent_is_killed(orphaned_child):
+    assert orphaned_child.stdout is not None
+    async with asyncio.timeout(120.0):
+        pid_text, workdir = (await orphaned_child.stdout.readline()).decode().split()
+    pid = int(pid_text)
+    try:
+        orphaned_child.kill()  # SIGKILL: no Python cleanup runs, only the kernel's PDEATHSIG
+        await orphaned_child.wait()
+
+        await eventually(lambda: _gone(pid), timeout_s=10.0, what=f"JVM {pid} exiting")
+    finally:
+        if not is_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _gone(pid: int) -> bool:
+    return is_gone(pid)
+
+
+@pytest.fixture
+async def cli_broker(jars) -> AsyncIterator[asyncio.subprocess.Process]:
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "local-kafka",
+        "--kafka-version",
+        kafka_version(),
+        "--heap-mb",
+        "256",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    yield cli
+    if cli.returncode is None:
+        cli.kill()
+        await cli.wait()
+
+
+@pytest.mark.integration
+async def test_cli_prints_bootstrap_serves_and_exits_zero_on_sigterm(cli_broker, topic_name):
+    assert cli_broker.stdout is not None
+    async with asyncio.timeout(120.0):
+        line = (await cli_broker.stdout.readline()).decode()
+    match = re.fullmatch(r"bootstrap: (127\.0\.0\.1:\d+)\n", line)
+    assert match, line
+    bootstrap = match[1]
+
+    await create_topic(bootstrap, topic_name)
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
+        sent = await producer.send_and_wait(topic_name, b"hello", key=b"k")
+    assert sent.offset == 0
+
+    cli_broker.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60.0):
+        assert await cli_broker.wait() == 0
+
+
+async def test_cli_rejects_a_bad_version_with_exit_status_2():
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "local-kafka",
+        "--kafka-version",
+        "latest",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60.0):
+        _, err = await cli.communicate()
+    assert cli.returncode == 2
+    assert b"'latest' is not a Kafka version" in err
