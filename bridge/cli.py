@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bridge import __version__
-from bridge.errors import BridgeError
+from bridge import __version__, logs
+from bridge.errors import BridgeError, ConfigError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -16,24 +16,120 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _add_local_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("local-kafka", help="run a local single-node Kafka broker (foreground)")
+    p = sub.add_parser(
+        "local-kafka",
+        help="run a local single-node Kafka broker (foreground)",
+        description="Run a real single-node Kafka (KRaft) broker on 127.0.0.1, built from "
+        "Maven Central jars cached per version; prints 'bootstrap: HOST:PORT' when ready "
+        "and stops cleanly on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--kafka-version", help="Kafka version, e.g. 4.1.2 (default: pinned 3.9.x)")
+    p.add_argument("--port", type=int, help="client port (default: a free one)")
+    p.add_argument(
+        "--cache-dir", help="jar cache (default: $DLI_BRIDGE_CACHE_DIR or ~/.cache/dli-bridge)"
+    )
+    p.add_argument("--heap-mb", type=int, default=512, help="JVM heap in MiB (default: 512)")
     p.set_defaults(func=_cmd_local_kafka)
 
 
 def _cmd_local_kafka(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import asyncio
+    from pathlib import Path
+
+    # imported here: aiokafka makes `dli-bridge --help` and the other commands slower
+    from bridge.localkafka import DEFAULT_KAFKA_VERSION, LocalKafka, serve
+
+    kafka = LocalKafka(
+        args.kafka_version or DEFAULT_KAFKA_VERSION,
+        port=args.port,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        heap_mb=args.heap_mb,
+    )
+    asyncio.run(serve(kafka, lambda bootstrap: print(f"bootstrap: {bootstrap}", flush=True)))
+    return 0
 
 
 # --- simulate (owner: simulator) -----------------------------------------------------------
 
 
+# = bridge.simulator.DEFAULT_PORT, kept literal so the CLI starts without importing aiohttp;
+# tests/test_compose.py holds the two together.
+_SIMULATOR_PORT = 8780
+
+
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("simulate", help="serve a simulated DLI + IAM API (foreground)")
+    p = sub.add_parser(
+        "simulate",
+        help="serve a simulated DLI + IAM API (foreground)",
+        description="Serve a seeded, simulated Huawei Cloud DLI Flink job API and IAM on one "
+        "base URL; prints 'simulator: URL' when ready and runs until Ctrl-C or SIGTERM. "
+        "Without --ak/--user every call is accepted unauthenticated.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=_SIMULATOR_PORT, help="port (default: 8780; 0 = a free one)"
+    )
+    p.add_argument("--projects", type=int, default=3, help="number of projects (default: 3)")
+    p.add_argument("--jobs-per-project", type=int, default=10, help="jobs per project at start")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fleet and its walk")
+    p.add_argument("--ak", action="append", default=[], help="access key (repeatable)")
+    p.add_argument("--sk", action="append", default=[], help="secret key, paired with --ak")
+    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="IAM user")
+    p.add_argument("--domain", default="sim-domain", help="IAM account (domain) name")
+    p.add_argument("--change-rate", type=float, default=0.0, help="random changes per second")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every DLI call")
+    p.add_argument("--error-rate", type=float, default=0.0, help="fraction of DLI calls -> 5xx")
+    p.add_argument(
+        "--malformed-rate", type=float, default=0.0, help="fraction of DLI calls -> broken 200"
+    )
+    p.add_argument("--throttle-per-s", type=float, help="per-project rate limit (429 above it)")
     p.set_defaults(func=_cmd_simulate)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import asyncio
+
+    asyncio.run(_run_simulator(args))
+    return 0
+
+
+def _user_pairs(specs: Sequence[str]) -> dict[str, str]:
+    bad = [spec.split(":", 1)[0] for spec in specs if ":" not in spec]
+    if bad:
+        raise ConfigError(
+            "--user takes NAME:PASSWORD", [f"no password for user {n!r}" for n in bad]
+        )
+    return dict(spec.split(":", 1) for spec in specs)
+
+
+async def _run_simulator(args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from bridge.simulator import Simulator, SimulatorConfig
+
+    if len(args.ak) != len(args.sk):
+        raise ConfigError(f"--ak and --sk come in pairs (got {len(args.ak)} and {len(args.sk)})")
+    config = SimulatorConfig(
+        projects=args.projects,
+        jobs_per_project=args.jobs_per_project,
+        seed=args.seed,
+        change_rate=args.change_rate,
+        aksk=dict(zip(args.ak, args.sk, strict=True)),
+        users=_user_pairs(args.user),
+        domain=args.domain,
+        throttle_per_s=args.throttle_per_s,
+        latency_s=args.latency_ms / 1000.0,
+        error_rate=args.error_rate,
+        malformed_rate=args.malformed_rate,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Simulator(config).serve(args.host, args.port) as url:
+        print(f"simulator: {url}", flush=True)
+        await stop.wait()
 
 
 # --- wiring ---------------------------------------------------------------------------------
@@ -45,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Huawei Cloud DLI Flink job changes as typed events in Kafka.",
     )
     parser.add_argument("--version", action="version", version=f"dli-bridge {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "plain"],
+        default="auto",
+        help="auto: plain on a terminal, JSON lines otherwise",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_local_kafka(sub)
     _add_simulate(sub)
@@ -53,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_level, args.log_format, is_tty=sys.stderr.isatty())
     func: Command = args.func
     try:
         return func(args)
