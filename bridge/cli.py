@@ -3,13 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from bridge import __version__, logs
 from bridge.errors import BridgeError, ConfigError
 
 Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def serve_until_signalled(
+    resource: contextlib.AbstractAsyncContextManager[T], announce: Callable[[T], None]
+) -> None:
+    """Enter ``resource``, ``announce`` what it yields, and hold it until SIGINT or SIGTERM.
+
+    A signal cancels whatever is under way, start-up included, and the resource is left
+    through its own ``__aexit__``; a second signal cancels that exit too (LocalKafka then
+    kills the JVM at once). Only a signal ends this quietly: other cancellations propagate.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("serve_until_signalled() must run inside an asyncio task")
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with resource as value:
+            announce(value)
+            await loop.create_future()  # forever: only a signal ends it
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        log.info("stopped on %s", received[0].name)
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 # --- local-kafka (owner: localkafka) -------------------------------------------------------
@@ -33,11 +78,10 @@ def _add_local_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _cmd_local_kafka(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     # imported here: aiokafka makes `dli-bridge --help` and the other commands slower
-    from bridge.localkafka import DEFAULT_KAFKA_VERSION, LocalKafka, serve
+    from bridge.localkafka import DEFAULT_KAFKA_VERSION, LocalKafka
 
     kafka = LocalKafka(
         args.kafka_version or DEFAULT_KAFKA_VERSION,
@@ -45,7 +89,11 @@ def _cmd_local_kafka(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         heap_mb=args.heap_mb,
     )
-    asyncio.run(serve(kafka, lambda bootstrap: print(f"bootstrap: {bootstrap}", flush=True)))
+
+    def announce(broker: LocalKafka) -> None:
+        print(f"bootstrap: {broker.bootstrap_servers}", flush=True)
+
+    asyncio.run(serve_until_signalled(kafka, announce))
     return 0
 
 
@@ -87,8 +135,6 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    import asyncio
-
     asyncio.run(_run_simulator(args))
     return 0
 
@@ -103,9 +149,6 @@ def _user_pairs(specs: Sequence[str]) -> dict[str, str]:
 
 
 async def _run_simulator(args: argparse.Namespace) -> None:
-    import asyncio
-    import signal
-
     from bridge.simulator import Simulator, SimulatorConfig
 
     if len(args.ak) != len(args.sk):
@@ -123,13 +166,8 @@ async def _run_simulator(args: argparse.Namespace) -> None:
         error_rate=args.error_rate,
         malformed_rate=args.malformed_rate,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with Simulator(config).serve(args.host, args.port) as url:
-        print(f"simulator: {url}", flush=True)
-        await stop.wait()
+    server = Simulator(config).serve(args.host, args.port)
+    await serve_until_signalled(server, lambda url: print(f"simulator: {url}", flush=True))
 
 
 # --- wiring ---------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ __all__ = [
     "libs_dir",
     "logging_backend",
     "new_cluster_id",
-    "serve",
 ]
 
 log = logging.getLogger(__name__)
@@ -631,36 +630,3 @@ class LocalKafka:
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self._state = _State.STOPPED
-
-
-async def serve(kafka: LocalKafka, announce: Callable[[str], None]) -> None:
-    """Run ``kafka`` until SIGINT or SIGTERM; call ``announce(bootstrap)`` once it is ready.
-
-    A signal cancels whatever is under way, start-up included, and the broker stops cleanly;
-    a second signal during that stop kills the JVM at once. Only a signal ends this quietly:
-    any other cancellation propagates.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    if task is None:
-        raise LocalKafkaError("serve() must run inside an asyncio task")
-    received: list[signal.Signals] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        async with kafka:
-            announce(kafka.bootstrap_servers)
-            await loop.create_future()  # forever: only a signal ends it
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        task.uncancel()
-        log.info("Kafka %s stopped on %s", kafka.version, received[0].name)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)

@@ -1,0 +1,59 @@
+"""Logging set-up: JSON lines carry extras and exceptions; plain text on a terminal."""
+
+import io
+import logging
+import sys
+
+import orjson
+import pytest
+
+from bridge import logs
+
+
+def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    rec = logging.makeLogRecord({"name": "bridge.x", "levelname": "INFO", "msg": msg})
+    rec.args = args
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_formatter_writes_message_level_logger_and_extras():
+    line = logs.JsonFormatter().format(record("polled %s", "p1", project_id="p1", jobs=3))
+    entry = orjson.loads(line)
+    assert entry["message"] == "polled p1"
+    assert entry["level"] == "info"
+    assert entry["logger"] == "bridge.x"
+    assert entry["project_id"] == "p1"
+    assert entry["jobs"] == 3
+    assert entry["time"].endswith("+00:00")
+
+
+def test_json_formatter_includes_the_exception():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.makeLogRecord({"msg": "failed", "levelname": "ERROR"})
+        rec.exc_info = sys.exc_info()
+    entry = orjson.loads(logs.JsonFormatter().format(rec))
+    assert "ValueError: boom" in entry["exception"]
+
+
+def test_json_formatter_stringifies_values_orjson_cannot_encode():
+    entry = orjson.loads(logs.JsonFormatter().format(record("x", thing=object())))
+    assert entry["thing"].startswith("<object object")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "is_tty", "json_expected"),
+    [("auto", False, True), ("auto", True, False), ("json", True, True), ("plain", False, False)],
+)
+def test_configure_picks_json_or_plain(fmt, is_tty, json_expected, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure("debug", fmt, is_tty=is_tty)
+    logging.getLogger("bridge.test").debug("hello %d", 42)
+    out = stream.getvalue().strip()
+    assert "hello 42" in out
+    assert out.startswith("{") is json_expected
+    if json_expected:
+        assert orjson.loads(out)["level"] == "debug"
