@@ -1,0 +1,203 @@
+"""Kafka broker jars, resolved from Maven Central once per version into a local cache."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+from bridge.errors import LocalKafkaError
+
+__all__ = [
+    "DEFAULT_KAFKA_VERSION",
+    "LoggingBackend",
+    "check_version",
+    "default_cache_dir",
+    "ensure_jars",
+    "last_lines",
+    "libs_dir",
+    "logging_backend",
+    "run_command",
+]
+
+log = logging.getLogger(__name__)
+
+# The newest 3.9 patch; it resolved from Maven Central, so the 3.9.1 fallback is not needed.
+# 3.9 keeps every old protocol version, which makes it aiokafka's lowest-risk pairing.
+DEFAULT_KAFKA_VERSION: Final = "3.9.2"
+
+MAVEN_TIMEOUT_S: Final = 900.0
+_RESOURCES: Final = resources.files("bridge").joinpath("resources")
+_POM: Final = _RESOURCES.joinpath("kafka-pom.xml")
+_VERSION_RE: Final = re.compile(r"(\d+)\.(\d+)\.\d+(?:[.-][0-9A-Za-z]+)*")
+_ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")  # Maven 3.8 colours even with -B
+_TAIL_LINES: Final = 40
+
+
+@dataclass(frozen=True)
+class LoggingBackend:
+    """The logging jars (a Maven profile in kafka-pom.xml) and config one Kafka line needs."""
+
+    profile: str
+    log4j2_version: str
+    config_name: str  # a file in bridge/resources
+    # a 3.x property given to 4.x (or the reverse) is silently ignored: the broker logs nothing
+    config_property: str
+
+    @property
+    def config_text(self) -> str:
+        return _RESOURCES.joinpath(self.config_name).read_text()
+
+    def jvm_option(self, config: Path) -> str:
+        url = f"file:{config}" if self.profile == "reload4j" else str(config)
+        return f"-D{self.config_property}={url}"
+
+
+def check_version(version: str) -> tuple[int, int]:
+    """Return (major, minor) of a Kafka version such as ``3.9.2``; reject anything else."""
+    match = _VERSION_RE.fullmatch(version)
+    if match is None:
+        raise LocalKafkaError(
+            f"{version!r} is not a Kafka version: give one like {DEFAULT_KAFKA_VERSION} or 4.1.2"
+        )
+    return int(match[1]), int(match[2])
+
+
+def logging_backend(version: str) -> LoggingBackend:
+    """Kafka 3.x logs through reload4j, 4.x through log4j2 (2.25 from 4.2 on)."""
+    line = check_version(version)
+    if line < (4, 0):
+        return LoggingBackend("reload4j", "", "log4j.properties", "log4j.configuration")
+    log4j2 = "2.24.3" if line < (4, 2) else "2.25.3"
+    return LoggingBackend("log4j2", log4j2, "log4j2.properties", "log4j2.configurationFile")
+
+
+def default_cache_dir() -> Path:
+    """$DLI_BRIDGE_CACHE_DIR, else $XDG_CACHE_HOME/dli-bridge, else ~/.cache/dli-bridge."""
+    if explicit := os.environ.get("DLI_BRIDGE_CACHE_DIR"):
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec says to ignore a relative value
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "dli-bridge"
+
+
+def libs_dir(cache_dir: Path, version: str) -> Path:
+    """Where one Kafka version's jars live; one version per directory, never mixed."""
+    return cache_dir / "kafka" / version / "libs"
+
+
+async def ensure_jars(version: str, cache_dir: Path | None = None, *, mvn: str = "mvn") -> Path:
+    """Return the directory holding Kafka ``version``'s jars, resolving them with Maven once.
+
+    The ``complete`` marker is written only after a successful copy, so a cached version
+    never runs Maven again; a file lock keeps concurrent first runs from racing.
+    """
+    check_version(version)
+    libs = libs_dir(cache_dir or default_cache_dir(), version)
+    marker = libs.parent / "complete"
+    if marker.exists():
+        return libs
+    async with _file_lock(libs.parent / "lock"):
+        if not marker.exists():
+            await _resolve_jars(version, libs, mvn)
+            jars = sorted(libs.glob("*.jar"))
+            marker.write_text(f"{len(jars)} jars, {sum(j.stat().st_size for j in jars)} bytes\n")
+            log.info("cached %d Kafka %s jars in %s", len(jars), version, libs)
+    return libs
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                log.debug("waiting for another process to finish resolving into %s", path.parent)
+                await asyncio.sleep(0.5)
+        yield
+
+
+async def _resolve_jars(version: str, libs: Path, mvn: str) -> None:
+    mvn_path = shutil.which(mvn)
+    if mvn_path is None:
+        raise LocalKafkaError(
+            f"Maven ({mvn!r}) was not found and the Kafka {version} jars are not cached in {libs}: "
+            "install Maven 3.6+ (e.g. `apt-get install maven`) or pass the path of mvn"
+        )
+    staging = _fresh_staging(libs)
+    argv = _maven_argv(mvn_path, version, staging)
+    log.info("resolving Kafka %s from Maven Central (first use of this version)", version)
+    code, output = await run_command(argv, MAVEN_TIMEOUT_S, what="Maven", cwd=staging)
+    if code != 0 or not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
+        raise LocalKafkaError(
+            f"Maven could not resolve Kafka {version} (exit status {code}): check that the version "
+            f"exists on Maven Central (e.g. {DEFAULT_KAFKA_VERSION}, 4.1.2) and that Central, or "
+            "the mirror in ~/.m2/settings.xml, is reachable; then retry",
+            log_tail=last_lines(output),
+        )
+    (staging / "libs").rename(libs)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fresh_staging(libs: Path) -> Path:
+    staging = libs.parent / "staging"
+    for stale in (staging, libs):  # left by an interrupted earlier run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # Maven gets its own copy: the installed package may be read-only
+    (staging / "pom.xml").write_bytes(_POM.read_bytes())
+    return staging
+
+
+def _maven_argv(mvn: str, version: str, staging: Path) -> list[str]:
+    backend = logging_backend(version)
+    argv = [mvn, "-B", "-q", "-ntp", "-f", str(staging / "pom.xml"), f"-P{backend.profile}"]
+    argv.append(f"-Dkafka.version={version}")
+    if backend.log4j2_version:
+        argv.append(f"-Dlog4j2.version={backend.log4j2_version}")
+    argv += ["dependency:copy-dependencies", "-DincludeScope=runtime"]
+    return [*argv, f"-DoutputDirectory={staging / 'libs'}"]
+
+
+async def run_command(
+    argv: list[str], timeout_s: float, *, what: str, cwd: Path
+) -> tuple[int, str]:
+    """Run a short-lived command to completion; return its exit status and merged output."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise LocalKafkaError(f"could not run {what} ({argv[0]}): {exc}") from exc
+    try:
+        async with asyncio.timeout(timeout_s):
+            output, _ = await proc.communicate()
+    except TimeoutError as exc:
+        raise LocalKafkaError(f"{what} did not finish within {timeout_s:g}s") from exc
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: never leave it running
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, _ANSI_RE.sub("", output.decode(errors="replace"))
+
+
+def last_lines(text: str, count: int = _TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
