@@ -8,29 +8,31 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import aiohttp
 import orjson
 import yarl
-from pydantic import ValidationError
 
+from bridge.answers import (
+    REQUEST_ID_HEADER,
+    Answer,
+    Call,
+    check_success,
+    error_for,
+    malformed,
+    validate,
+)
 from bridge.auth import Auth, OutgoingRequest
 from bridge.breaker import BreakerState, CircuitBreaker
 from bridge.errors import (
     ApiError,
-    ApiErrorContext,
-    ApiRejected,
     ApiUnavailable,
     AuthError,
-    JobNotFound,
-    MalformedResponse,
     RateLimited,
 )
 from bridge.models import (
-    ApiModel,
     Fetched,
     JobDetail,
     JobDetailResponse,
@@ -47,16 +49,6 @@ from bridge.settings import ApiSettings
 __all__ = ["DliClient", "NoAuth"]
 
 log = logging.getLogger(__name__)
-
-JOB_NOT_FOUND_CODE = "DLI.16001"
-REQUEST_ID_HEADER = "X-Request-Id"
-# API Gateway codes come as "APIG.xxxx" on some pages and "APIGW.xxxx" on others.
-_GATEWAY_PREFIXES = ("APIG.", "APIGW.")
-_GATEWAY_NO_SUCH_API = "0101"
-_GATEWAY_THROTTLED = "0308"
-_MESSAGE_LIMIT = 300
-
-R = TypeVar("R", bound=ApiModel)
 
 
 class NoAuth:
@@ -80,35 +72,6 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One logical API call, whatever number of attempts it takes."""
-
-    method: str
-    url: yarl.URL
-    project_id: str | None
-    job_id: str | int | None = None
-
-    def context(self, **extra: Any) -> ApiErrorContext:
-        ctx: ApiErrorContext = {
-            "method": self.method,
-            "url": str(self.url),
-            "project_id": self.project_id,
-        }
-        ctx.update(extra)  # type: ignore[typeddict-item]
-        return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """An HTTP answer, whatever its status, with the only two headers we read."""
-
-    status: int
-    body: bytes
-    retry_after: str | None
-    request_id: str | None
 
 
 class DliClient:
@@ -200,12 +163,12 @@ class DliClient:
 
     async def get_job(self, project_id: str, job_id: int | str) -> Fetched[JobDetail]:
         """One job's detail; raises JobNotFound when DLI says it does not exist."""
-        call = _Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
+        call = Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
         doc, answer = await self._get_json(call)
-        body = _validate(JobDetailResponse, doc, answer, call)
-        _check_success(body.is_success, body.message, answer, call)
+        body = validate(JobDetailResponse, doc, answer, call)
+        check_success(body.is_success, body.message, answer, call)
         if body.job_detail is None:
-            raise _malformed("no job_detail in the answer", answer, call)
+            raise malformed("no job_detail in the answer", answer, call)
         return Fetched(raw=doc["job_detail"], model=body.job_detail)
 
     async def list_jobs(
@@ -247,9 +210,9 @@ class DliClient:
 
     async def list_projects(self) -> list[Fetched[Project]]:
         """The IAM projects the credential can see (``GET /v3/auth/projects``)."""
-        call = _Call("GET", _join(self._iam_base, "v3", "auth", "projects"), None)
+        call = Call("GET", _join(self._iam_base, "v3", "auth", "projects"), None)
         doc, answer = await self._get_json(call)
-        body = _validate(ProjectListResponse, doc, answer, call)
+        body = validate(ProjectListResponse, doc, answer, call)
         return [
             Fetched(raw=r, model=m) for r, m in zip(doc["projects"], body.projects, strict=True)
         ]
@@ -259,30 +222,30 @@ class DliClient:
     async def _list_page(
         self, project_id: str, query: dict[str, str]
     ) -> list[Fetched[JobListItem]]:
-        call = _Call("GET", self._jobs_url(project_id).with_query(query), project_id)
+        call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
-        body = _validate(JobListResponse, doc, answer, call)
-        _check_success(body.is_success, body.message, answer, call)
+        body = validate(JobListResponse, doc, answer, call)
+        check_success(body.is_success, body.message, answer, call)
         if body.job_list is None:
             # An answer without a list must not read as "every job is gone".
-            raise _malformed("no job_list in the answer", answer, call)
+            raise malformed("no job_list in the answer", answer, call)
         models = body.job_list.jobs or []
         raws = doc["job_list"]["jobs"] or []
         return [Fetched(raw=r, model=m) for r, m in zip(raws, models, strict=True)]
 
-    async def _get_json(self, call: _Call) -> tuple[dict[str, Any], _Answer]:
+    async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)
         try:
             doc = orjson.loads(answer.body)
         except orjson.JSONDecodeError as exc:
-            raise _malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
+            raise malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
         if not isinstance(doc, dict):
-            raise _malformed("the answer is not a JSON object", answer, call)
+            raise malformed("the answer is not a JSON object", answer, call)
         return doc, answer
 
     # --- attempts, retries, limits ----------------------------------------------------------
 
-    async def _send(self, call: _Call) -> _Answer:
+    async def _send(self, call: Call) -> Answer:
         """Attempt ``call`` until it succeeds, fails for good, or runs out of attempts."""
         breaker = self._breaker(call.project_id)
         reauth_left = 1
@@ -292,7 +255,7 @@ class DliClient:
                 breaker.before_attempt()
             request = OutgoingRequest(call.method, call.url, {"Accept": "application/json"})
             outcome = await self._attempt(call, request)
-            if isinstance(outcome, _Answer) and 200 <= outcome.status < 300:
+            if isinstance(outcome, Answer) and 200 <= outcome.status < 300:
                 _settle(breaker, None)
                 return outcome
             error = outcome if isinstance(outcome, ApiError) else self._error_for(outcome, call)
@@ -306,13 +269,13 @@ class DliClient:
             await self._pause(call, error, attempt - 1)
 
     def _fresh_credential_may_help(
-        self, outcome: _Answer | ApiError, error: ApiError, request: OutgoingRequest
+        self, outcome: Answer | ApiError, error: ApiError, request: OutgoingRequest
     ) -> bool:
         # Only DLI's own 401 may mean a stale token; IAM refusing the password is final.
         answered = outcome is not error
         return answered and _is_unauthorized(error) and self.auth.invalidate(request)
 
-    async def _attempt(self, call: _Call, request: OutgoingRequest) -> _Answer | ApiError:
+    async def _attempt(self, call: Call, request: OutgoingRequest) -> Answer | ApiError:
         """One try: limits, credential, in-flight slot, the exchange; errors are returned."""
         try:
             if call.project_id is not None:
@@ -328,7 +291,7 @@ class DliClient:
         except ApiError as exc:  # no answer, or the credential could not be had
             return exc
 
-    async def _exchange(self, request: OutgoingRequest, call: _Call) -> _Answer:
+    async def _exchange(self, request: OutgoingRequest, call: Call) -> Answer:
         timeout_s = self.settings.request_timeout_s
         try:
             async with (
@@ -351,9 +314,9 @@ class DliClient:
             response.status,
             extra={"request_id": request_id},
         )
-        return _Answer(response.status, body, response.headers.get("Retry-After"), request_id)
+        return Answer(response.status, body, response.headers.get("Retry-After"), request_id)
 
-    async def _pause(self, call: _Call, error: ApiError, attempt: int) -> None:
+    async def _pause(self, call: Call, error: ApiError, attempt: int) -> None:
         hint = error.retry_after_s if isinstance(error, RateLimited) else None
         if hint is not None:
             delay = min(hint, self.settings.retry_after_cap_s)
@@ -391,9 +354,9 @@ class DliClient:
             self._jobs_urls[project_id] = url
         return url
 
-    def _error_for(self, answer: _Answer, call: _Call) -> ApiError:
+    def _error_for(self, answer: Answer, call: Call) -> ApiError:
         retry_after_s = parse_retry_after(answer.retry_after, self._wall_clock())
-        return _error_for(answer, call, retry_after_s)
+        return error_for(answer, call, retry_after_s)
 
 
 # --- pure helpers ---------------------------------------------------------------------------
@@ -428,69 +391,3 @@ def _settle(breaker: CircuitBreaker | None, error: ApiError | None) -> None:
 
 def _is_unauthorized(error: ApiError) -> bool:
     return isinstance(error, AuthError) and error.status == 401
-
-
-def _error_fields(body: bytes) -> tuple[str | None, str, str | None]:
-    """``(error_code, error_msg, request_id)`` from a DLI or API Gateway error body."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, body[:_MESSAGE_LIMIT].decode("utf-8", "replace"), None
-    if not isinstance(doc, dict):
-        return None, "", None
-    code = doc.get("error_code")
-    message = doc.get("error_msg") or doc.get("message") or ""
-    request_id = doc.get("request_id")
-    return (
-        str(code) if code is not None else None,
-        str(message)[:_MESSAGE_LIMIT],
-        str(request_id) if request_id is not None else None,
-    )
-
-
-def _is_gateway(code: str | None, number: str) -> bool:
-    return code is not None and any(code == p + number for p in _GATEWAY_PREFIXES)
-
-
-def _error_for(answer: _Answer, call: _Call, retry_after_s: float | None) -> ApiError:
-    """The bridge error a non-2xx HTTP answer stands for."""
-    status = answer.status
-    code, message, body_request_id = _error_fields(answer.body)
-    ctx = call.context(status=status, code=code, request_id=answer.request_id or body_request_id)
-    text = f"{call.method} {call.url.path} answered {status} {code or ''}: {message}".rstrip(": ")
-    if status == 429 or _is_gateway(code, _GATEWAY_THROTTLED):
-        return RateLimited(text, retry_after_s=retry_after_s, **ctx)
-    if status >= 500:
-        return ApiUnavailable(text, **ctx)
-    if _is_gateway(code, _GATEWAY_NO_SUCH_API):
-        # The gateway knows no such API: a wrong endpoint, which must never read as "not found".
-        return ApiRejected(f"{text} (is the endpoint right?)", **ctx)
-    if status in (401, 403):
-        return AuthError(text, **ctx)
-    if call.job_id is not None and (code == JOB_NOT_FOUND_CODE or status == 404):
-        return JobNotFound(text, job_id=call.job_id, **ctx)
-    return ApiRejected(text, **ctx)
-
-
-def _malformed(what: str, answer: _Answer, call: _Call, *, detail: str = "") -> MalformedResponse:
-    ctx = call.context(status=answer.status, request_id=answer.request_id)
-    text = f"{call.method} {call.url.path}: {what}"
-    return MalformedResponse(text, body=answer.body, detail=detail or what, **ctx)
-
-
-def _validate(model: type[R], doc: dict[str, Any], answer: _Answer, call: _Call) -> R:
-    try:
-        return model.model_validate(doc)
-    except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-        raise _malformed("the answer does not fit the schema", answer, call, detail=detail) from exc
-
-
-def _check_success(flag: bool | None, message: str | None, answer: _Answer, call: _Call) -> None:
-    # DLI may answer 200 with is_success "false" and the reason in `message`.
-    if flag is False:
-        ctx = call.context(status=answer.status, request_id=answer.request_id)
-        raise ApiRejected(f"{call.method} {call.url.path} refused: {message or ''}", **ctx)
