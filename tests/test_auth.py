@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from bridge.auth import REFRESH_RETRY_S, AkSkAuth, IamTokenAuth, OutgoingRequest
 from bridge.errors import ApiUnavailable, AuthError, MalformedResponse, RateLimited
 from bridge.signing import verify_signature
+from tests.http_server import serve_app
 from tests.test_signing import AK, SK, VECTOR_NOW, assert_no_secret_logged
 
 # --- AkSkAuth ------------------------------------------------------------------------------------
@@ -85,15 +86,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, yarl.URL]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, yarl.URL.build(scheme="http", host=host, port=port)
-
-
 async def test_aksk_signature_survives_aiohttp_wire_when_query_and_path_odd(
     session: aiohttp.ClientSession,
 ) -> None:
@@ -113,8 +105,7 @@ async def test_aksk_signature_survives_aiohttp_wire_when_query_and_path_odd(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", gateway)
-    runner, base = await _serve(app)
-    try:
+    async with serve_app(app) as base:
         path = "/v1.0/p1/jobs/" + quote("日 a+b", safe="")
         url = base.with_path(path, encoded=True).with_query(
             [("q", "x y+z/%&="), ("q", "é"), ("empty", "")]
@@ -123,8 +114,6 @@ async def test_aksk_signature_survives_aiohttp_wire_when_query_and_path_odd(
         await AkSkAuth(AK, SecretStr(SK)).apply(request, "p1")
         async with session.post(request.url, headers=request.headers, data=request.body) as resp:
             assert (resp.status, await resp.text()) == (200, AK)
-    finally:
-        await runner.cleanup()
 
 
 # --- IamTokenAuth --------------------------------------------------------------------------------
@@ -185,11 +174,10 @@ async def iam() -> AsyncIterator[FakeIam]:
     fake = FakeIam()
     app = web.Application()
     app.router.add_post("/v3/auth/tokens", fake.handle)
-    runner, fake.url = await _serve(app)
-    yield fake
-    if fake.gate is not None:
-        fake.gate.set()
-    await runner.cleanup()
+    async with serve_app(app) as fake.url:
+        yield fake
+        if fake.gate is not None:
+            fake.gate.set()
 
 
 @pytest.fixture
@@ -429,8 +417,8 @@ async def test_iam_raises_unavailable_when_request_times_out(make_iam_auth, iam)
 
 
 async def test_iam_raises_unavailable_when_connection_refused(session, clock) -> None:
-    runner, url = await _serve(web.Application())
-    await runner.cleanup()
+    async with serve_app(web.Application()) as url:
+        pass  # served, then closed: nothing listens on `url` any more
     auth = IamTokenAuth(session, url, user=USER, password=SecretStr(PASSWORD), domain=DOMAIN)
     with pytest.raises(ApiUnavailable, match="IAM request failed"):
         await _token(auth)

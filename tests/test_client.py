@@ -33,6 +33,7 @@ from bridge.errors import (
 from bridge.retry import Sleep
 from bridge.settings import ApiSettings
 from bridge.simulator import Simulator, SimulatorConfig
+from tests.http_server import serve_app
 
 # --- a scripted server: answers the simulator cannot give -----------------------------------
 
@@ -58,15 +59,8 @@ def _json(doc: object, status: int = 200, **headers: str) -> tuple[int, bytes, d
 async def _serve(scripted: Scripted) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", scripted.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield str(url)
 
 
 class RecordingSleep:
