@@ -7,6 +7,9 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+# A JSON object as orjson gives it: what snapshots are.
+JsonDict = dict[str, Any]
+
 __all__ = [
     "ApiModel",
     "Fetched",
@@ -16,6 +19,7 @@ __all__ = [
     "JobList",
     "JobListItem",
     "JobListResponse",
+    "JsonDict",
     "Project",
     "ProjectListResponse",
 ]

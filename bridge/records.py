@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from bridge.lifecycle import JobStatus
+from bridge.models import JsonDict
 
 __all__ = ["FLAG_KNOBS", "Change", "Job", "JsonDict", "ListQuery", "Project"]
-
-JsonDict = dict[str, Any]
 
 FLAG_KNOBS = ("checkpoint_enabled", "log_enabled", "restart_when_exception", "resume_checkpoint")
 _FLAG_BITS = {knob: 1 << i for i, knob in enumerate(FLAG_KNOBS)}
