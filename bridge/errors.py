@@ -5,6 +5,11 @@ BridgeError                      root: catch this to catch anything of ours
 ├── ConfigError                  fatal: fix the configuration and start again
 ├── LocalKafkaError              fatal: the local broker could not be provided (java/mvn
 │                                missing, Maven resolution failed, port taken, not ready)
+├── SinkError                    retryable: a Kafka write, restore or admin call failed; the
+│   │                            shard's writer is broken: close_shard, then open_shard again
+│   ├── SinkUnavailable          the broker cannot be reached or did not answer in time
+│   └── ProducerFencedError      fatal for that shard's producer: a newer owner (or the broker,
+│                                after a transaction timeout) fenced it; stop the shard
 └── ApiError                     a DLI / IAM call failed (status, code, request_id, project_id)
     ├── RetryableApiError        retry later; the client already retried with backoff
     │   ├── ApiUnavailable       5xx, timeout, connection refused or reset
@@ -38,8 +43,11 @@ __all__ = [
     "JobNotFound",
     "LocalKafkaError",
     "MalformedResponse",
+    "ProducerFencedError",
     "RateLimited",
     "RetryableApiError",
+    "SinkError",
+    "SinkUnavailable",
 ]
 
 
@@ -68,6 +76,40 @@ class LocalKafkaError(BridgeError):
         self.log_tail = log_tail
         text = message if not log_tail else f"{message}\n--- last output ---\n{log_tail}"
         super().__init__(text)
+
+
+class SinkError(BridgeError):
+    """A Kafka call at the sink failed; ``shard`` and ``topic`` say where, when known.
+
+    Exactly-once: nothing of the failed write is visible (its transaction is aborted, or left
+    for the next owner to abort). At-least-once: part of it may have landed. Either way,
+    reopen the shard and republish the same records (same ids and sequences).
+    """
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, shard: int | None = None, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.shard = shard
+        self.topic = topic
+
+    def __repr__(self) -> str:
+        where = " ".join(
+            f"{k}={v!r}" for k, v in (("shard", self.shard), ("topic", self.topic)) if v is not None
+        )
+        return f"<{type(self).__name__} {where + ' ' if where else ''}{self.message!r}>"
+
+
+class SinkUnavailable(SinkError):
+    """The broker could not be reached, or did not answer within the deadline."""
+
+
+class ProducerFencedError(SinkError):
+    """The shard's producer was fenced: another owner started with the same transactional id,
+    or the broker aborted a transaction that outlived its timeout. Fatal for that producer."""
+
+    retryable: ClassVar[bool] = False
 
 
 class ApiErrorContext(TypedDict, total=False):
