@@ -1,0 +1,144 @@
+"""List-mode decisions, pure: which jobs of one sweep need a detail call, and which are missing."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from bridge import lifecycle
+from bridge.diff import DEFAULT_IGNORE, without_ignored
+from bridge.models import JsonDict
+
+__all__ = ["Known", "Plan", "Reason", "Row", "phase", "plan", "reconcile_due", "row_fingerprint"]
+
+
+@dataclass(slots=True)
+class Known:
+    """What the engine remembers per job for list-mode decisions (it owns and updates it)."""
+
+    row_fp: bytes | None  # fingerprint of the last list row (volatile fields removed)
+    detail_at: float | None  # epoch seconds of the last detail fetch (None = never)
+    status: str | None
+    misses: int = 0  # consecutive complete sweeps the job was absent from
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One list row reduced to what the plan needs."""
+
+    job_id: int
+    fp: bytes
+    status: str | None
+
+
+class Reason(enum.StrEnum):
+    """Why a job needs a detail call; the first that applies wins, in this order."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    TRANSITIONAL = "transitional"
+    RECONCILE = "reconcile"
+    CONFIRM_DELETE = "confirm_delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One sweep's decisions. ``confirm_delete`` jobs are also in ``fetch``."""
+
+    fetch: Mapping[int, Reason]
+    missing: tuple[int, ...]
+    confirm_delete: tuple[int, ...]
+
+
+def row_fingerprint(row: JsonDict, ignore: Collection[str] = DEFAULT_IGNORE) -> bytes:
+    """16 bytes that change when any field of ``row`` but the ignored ones changes."""
+    canonical = orjson.dumps(without_ignored(row, ignore), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def plan(
+    known: Mapping[int, Known],
+    rows: Sequence[Row] | None,
+    *,
+    now: float,
+    reconcile_interval_s: float,
+    transitional_interval_s: float,
+    delete_after_misses: int,
+) -> Plan:
+    """Decide one sweep of one project; ``rows=None`` means the sweep did not complete.
+
+    An incomplete sweep says nothing about absence: it counts no miss and confirms no delete,
+    and only brings known jobs up that are due for a transitional or reconcile fetch.
+    """
+    fetch: dict[int, Reason] = {}
+    if rows is None:
+        for job_id, job in known.items():
+            reason = _due(
+                job_id, job, job.status, now, reconcile_interval_s, transitional_interval_s
+            )
+            if reason is not None:
+                fetch[job_id] = reason
+        return Plan(fetch=fetch, missing=(), confirm_delete=())
+    for row in rows:
+        reason = _row_reason(
+            row, known.get(row.job_id), now, reconcile_interval_s, transitional_interval_s
+        )
+        if reason is not None:
+            fetch[row.job_id] = reason
+    seen = {row.job_id for row in rows}
+    missing = tuple(sorted(job_id for job_id in known if job_id not in seen))
+    confirm = tuple(j for j in missing if known[j].misses + 1 >= delete_after_misses)
+    fetch.update(dict.fromkeys(confirm, Reason.CONFIRM_DELETE))
+    return Plan(fetch=fetch, missing=missing, confirm_delete=confirm)
+
+
+def _row_reason(
+    row: Row, job: Known | None, now: float, reconcile_s: float, transitional_s: float
+) -> Reason | None:
+    if job is None:
+        return Reason.NEW
+    if job.row_fp != row.fp:  # also when we never saw a row of it (row_fp None)
+        return Reason.CHANGED
+    return _due(row.job_id, job, row.status, now, reconcile_s, transitional_s)
+
+
+def _due(
+    job_id: int,
+    job: Known,
+    status: str | None,
+    now: float,
+    reconcile_s: float,
+    transitional_s: float,
+) -> Reason | None:
+    if job.detail_at is None:
+        return Reason.RECONCILE
+    if status in lifecycle.TRANSITIONAL and now - job.detail_at >= transitional_s:
+        return Reason.TRANSITIONAL
+    if reconcile_due(job_id, job.detail_at, now, reconcile_s):
+        return Reason.RECONCILE
+    return None
+
+
+def phase(job_id: int) -> float:
+    """A job's fixed place in [0, 1) of the reconcile cycle (Fibonacci hashing of its id)."""
+    return ((job_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) / 2.0**64
+
+
+def reconcile_due(job_id: int, detail_at: float, now: float, interval_s: float) -> bool:
+    """Whether a job last fetched at ``detail_at`` is due for its safety-net reconcile.
+
+    Each job has a slot every ``interval_s`` at its own phase, so a fleet discovered at one
+    moment spreads out over the cycle instead of coming due at once. A job is due when a slot
+    of it has passed since its last fetch: at most one reconcile per interval, and never more
+    than ``interval_s`` after the last fetch.
+    """
+    if interval_s <= 0 or now - detail_at >= interval_s:
+        return True
+    offset = phase(job_id) * interval_s
+    last_slot = offset + math.floor((now - offset) / interval_s) * interval_s
+    return detail_at < last_slot
