@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from bridge import __version__, logs
@@ -170,6 +171,142 @@ async def _run_simulator(args: argparse.Namespace) -> None:
     await serve_until_signalled(server, lambda url: print(f"simulator: {url}", flush=True))
 
 
+# --- tail and demo (owner: tail/demo) -------------------------------------------------------
+
+
+async def run_until_signalled(work: Awaitable[None]) -> None:
+    """Await ``work`` until it ends or SIGINT/SIGTERM cancels it; a signal ends it quietly.
+
+    A second signal cancels the clean-up too. Other cancellations propagate.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("run_until_signalled() must run inside an asyncio task")
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        log.info("stopped on %s", received[0].name)
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _print_line(line: str) -> bool:
+    """Print and flush ``line``; False once the reader has gone (``tail | head``)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        # point stdout at /dev/null so the interpreter's final flush does not complain
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
+
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "tail",
+        help="print the events topic as readable lines, or as CloudEvent JSON",
+        description="Read the events topic as a read_committed consumer (no consumer group) and "
+        "print one line per event: time (UTC), project (short id), job name and id, the change "
+        "and a warning when a state may have been missed between two polls. Colour on a "
+        "terminal unless NO_COLOR is set. Starts at the end of the topic unless "
+        "--from-beginning or --since.",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        help="Kafka to read (default: the --config file's kafka.bootstrap_servers, else "
+        "$KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)",
+    )
+    p.add_argument(
+        "--topic", help="events topic (default: the config's kafka.topics.events, dli.jobs.events)"
+    )
+    p.add_argument("--config", metavar="FILE", help="a dli-bridge TOML config naming both")
+    p.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        help="only this project id or id prefix (repeatable)",
+    )
+    p.add_argument(
+        "--job", action="append", default=[], help="only this job id or name (repeatable)"
+    )
+    p.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="only this kind: discovered, created, status_changed, updated, deleted (repeatable)",
+    )
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="read the whole topic first")
+    start.add_argument(
+        "--since", metavar="DURATION", help="start DURATION ago, e.g. 90s, 10m, 2h, 1d"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one structured CloudEvent per line (for jq)"
+    )
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="auto: on a terminal unless NO_COLOR is set",
+    )
+    p.set_defaults(func=_cmd_tail)
+
+
+def _tail_target(args: argparse.Namespace) -> tuple[str, str]:
+    from bridge.tail import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_TOPIC
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
+    topic = DEFAULT_TOPIC
+    if args.config:
+        from bridge.settings import Settings
+
+        kafka = Settings.from_env(toml_path=args.config).kafka
+        bootstrap, topic = kafka.bootstrap_servers, kafka.topics.events
+    return args.bootstrap_servers or bootstrap, args.topic or topic
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import time
+
+    from bridge import tail
+
+    bootstrap, topic = _tail_target(args)
+    start: tail.Position = "beginning" if args.from_beginning else "latest"
+    if args.since:
+        start = int((time.time() - tail.parse_duration(args.since)) * 1000)
+    color = tail.use_color(args.color, is_tty=sys.stdout.isatty(), environ=os.environ)
+    reader = tail.EventReader(
+        bootstrap,
+        topic,
+        filters=tail.Filters(tuple(args.project), tuple(args.job), tuple(args.type)),
+        start=start,
+    )
+
+    async def follow() -> None:
+        async with reader:
+            async for event in reader:
+                out = tail.json_line(event) if args.json else tail.format_event(event, color=color)
+                if not _print_line(out):
+                    return
+
+    asyncio.run(run_until_signalled(follow()))
+    return 0
+
+
 # --- wiring ---------------------------------------------------------------------------------
 
 
@@ -187,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: plain on a terminal, JSON lines otherwise",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tail(sub)
     _add_local_kafka(sub)
     _add_simulate(sub)
     return parser
