@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
+import aiohttp
 import orjson
 import yarl
+from multidict import CIMultiDictProxy
 from pydantic import ValidationError
 
 from bridge.errors import (
@@ -28,6 +32,8 @@ __all__ = [
     "Call",
     "check_success",
     "error_for",
+    "exchange",
+    "iam_error_for",
     "malformed",
     "validate",
 ]
@@ -39,6 +45,7 @@ _GATEWAY_PREFIXES = ("APIG.", "APIGW.")
 _GATEWAY_NO_SUCH_API = "0101"
 _GATEWAY_THROTTLED = "0308"
 _MESSAGE_LIMIT = 300
+_IAM_MESSAGE_LIMIT = 200
 
 R = TypeVar("R", bound=ApiModel)
 
@@ -52,13 +59,13 @@ class Call:
     project_id: str | None
     job_id: str | int | None = None
 
-    def context(self, **extra: Any) -> ApiErrorContext:
+    def context(self, **extra: Unpack[ApiErrorContext]) -> ApiErrorContext:
         ctx: ApiErrorContext = {
             "method": self.method,
             "url": str(self.url),
             "project_id": self.project_id,
         }
-        ctx.update(extra)  # type: ignore[typeddict-item]
+        ctx.update(extra)
         return ctx
 
 
@@ -136,3 +143,82 @@ def check_success(flag: bool | None, message: str | None, answer: Answer, call: 
     if flag is False:
         ctx = call.context(status=answer.status, request_id=answer.request_id)
         raise ApiRejected(f"{call.method} {call.url.path} refused: {message or ''}", **ctx)
+
+
+# --- IAM ------------------------------------------------------------------------------------
+
+
+def _iam_error_text(raw: bytes, password: str) -> tuple[str | None, str]:
+    """IAM's error code and message, from either of its two body shapes, password scrubbed."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        return None, ""
+    error = doc.get("error")
+    nested: dict[str, Any] = error if isinstance(error, dict) else {}
+    code = doc.get("error_code") or nested.get("code")
+    message = str(doc.get("error_msg") or nested.get("message") or "")[:_IAM_MESSAGE_LIMIT]
+    if password:
+        message = message.replace(password, "**********")
+    return (str(code) if code is not None else None), message
+
+
+def iam_error_for(
+    status: int,
+    raw: bytes,
+    *,
+    credential_id: str,
+    password: str,
+    retry_after_s: float | None,
+    context: ApiErrorContext,
+) -> ApiError:
+    """The bridge error a non-2xx answer to an IAM token request stands for.
+
+    IAM answers in Keystone's ``{"error": {...}}`` shape or the gateway's ``error_code`` one;
+    ``password`` is scrubbed from whatever IAM echoes back.
+    """
+    code, message = _iam_error_text(raw, password)
+    ctx: ApiErrorContext = {**context, "status": status, "code": code}
+    text = f"IAM refused the token request for {credential_id} ({status} {message})"
+    if status == 429:
+        return RateLimited(text, retry_after_s=retry_after_s, **ctx)
+    if 400 <= status < 500:
+        return AuthError(text, **ctx)
+    return ApiUnavailable(text, **ctx)
+
+
+# --- the exchange ---------------------------------------------------------------------------
+
+
+async def exchange(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: yarl.URL,
+    *,
+    headers: Mapping[str, str],
+    body: bytes,
+    timeout_s: float,
+    context: ApiErrorContext,
+    label: str = "",
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    """One HTTP request and its whole answer; no answer at all becomes ``ApiUnavailable``.
+
+    The one place aiohttp's failures (timeouts, refused or reset connections, broken
+    answers) are mapped, for the DLI client and the IAM token auth alike; ``label`` prefixes
+    the message (``"IAM"``).
+    """
+    prefix = f"{label}: " if label else ""
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            session.request(method, url, headers=dict(headers), data=body or None) as response,
+        ):
+            raw = await response.read()
+    except TimeoutError as exc:
+        raise ApiUnavailable(f"{prefix}no answer within {timeout_s} s", **context) from exc
+    except aiohttp.ClientError as exc:
+        text = f"{prefix}request failed: {type(exc).__name__}: {exc}"
+        raise ApiUnavailable(text, **context) from exc
+    return response.status, response.headers, raw

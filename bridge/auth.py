@@ -8,31 +8,36 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
 import yarl
 from pydantic import SecretStr
 
+from bridge.answers import exchange, iam_error_for
 from bridge.errors import (
     ApiErrorContext,
-    ApiUnavailable,
-    AuthError,
     BridgeError,
+    ConfigError,
     MalformedResponse,
-    RateLimited,
 )
+from bridge.retry import parse_retry_after
+from bridge.settings import ApiSettings, AuthSettings
 from bridge.signing import as_utc, canonical_query, sign_headers
 
 __all__ = [
     "AkSkAuth",
     "Auth",
     "IamTokenAuth",
+    "NoAuth",
     "OutgoingRequest",
+    "auth_from_settings",
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HEADER_AUTH_TOKEN = "X-Auth-Token"
 HEADER_SUBJECT_TOKEN = "X-Subject-Token"
@@ -42,7 +47,6 @@ DEFAULT_REFRESH_MARGIN_S = 600.0
 DEFAULT_IAM_TIMEOUT_S = 10.0
 # While a refresh keeps failing but the current token is still valid, ask IAM at most this often.
 REFRESH_RETRY_S = 30.0
-_IAM_MESSAGE_LIMIT = 200
 
 
 @dataclass(repr=False)
@@ -173,30 +177,6 @@ def _token_request(user: str, password: str, domain: str, project_id: str | None
     return orjson.dumps({"auth": {"identity": identity, "scope": scope}})
 
 
-def _iam_error_text(raw: bytes, password: str) -> tuple[str | None, str]:
-    """IAM's error code and message, from either of its two body shapes, password scrubbed."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        doc = None
-    if not isinstance(doc, dict):
-        return None, ""
-    error = doc.get("error")
-    nested: dict[str, Any] = error if isinstance(error, dict) else {}
-    code = doc.get("error_code") or nested.get("code")
-    message = str(doc.get("error_msg") or nested.get("message") or "")[:_IAM_MESSAGE_LIMIT]
-    if password:
-        message = message.replace(password, "**********")
-    return (str(code) if code is not None else None), message
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        return float(headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-
-
 def _expiry_seconds(raw: bytes) -> float:
     """Seconds the token lives, from ``token.expires_at`` minus ``token.issued_at``.
 
@@ -235,6 +215,7 @@ class IamTokenAuth:
         refresh_margin_s: float = DEFAULT_REFRESH_MARGIN_S,
         timeout_s: float = DEFAULT_IAM_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         base = yarl.URL(iam_url)
         # nocatalog drops the service catalog, the bulk of the 201 body, which we never read.
@@ -248,6 +229,7 @@ class IamTokenAuth:
         self._refresh_margin_s = refresh_margin_s
         self._timeout_s = timeout_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._scopes: dict[str | None, _Scope] = {}
 
     @property
@@ -320,19 +302,17 @@ class IamTokenAuth:
         headers = {"Content-Type": "application/json;charset=utf8"}
         started = self._clock()
         context: ApiErrorContext = {"method": "POST", "url": str(self._tokens_url)}
-        try:
-            async with (
-                asyncio.timeout(self._timeout_s),
-                self._session.post(self._tokens_url, data=body, headers=headers) as response,
-            ):
-                raw = await response.read()
-                return self._parse(response.status, response.headers, raw, started, project_id)
-        except TimeoutError as exc:
-            raise ApiUnavailable(
-                f"IAM did not answer within {self._timeout_s} s", **context
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise ApiUnavailable(f"IAM request failed: {type(exc).__name__}", **context) from exc
+        status, answer_headers, raw = await exchange(
+            self._session,
+            "POST",
+            self._tokens_url,
+            headers=headers,
+            body=body,
+            timeout_s=self._timeout_s,
+            context=context,
+            label="IAM",
+        )
+        return self._parse(status, answer_headers, raw, started, project_id)
 
     def _parse(
         self,
@@ -373,11 +353,58 @@ class IamTokenAuth:
     def _failure(
         self, status: int, headers: Mapping[str, str], raw: bytes, context: ApiErrorContext
     ) -> BridgeError:
-        code, message = _iam_error_text(raw, self._password.get_secret_value())
-        context["code"] = code
-        text = f"IAM refused the token request for {self.credential_id} ({status} {message})"
-        if status == 429:
-            return RateLimited(text, retry_after_s=_retry_after(headers), **context)
-        if 400 <= status < 500:
-            return AuthError(text, **context)
-        return ApiUnavailable(text, **context)
+        return iam_error_for(
+            status,
+            raw,
+            credential_id=self.credential_id,
+            password=self._password.get_secret_value(),
+            retry_after_s=parse_retry_after(headers.get("Retry-After"), self._wall_clock()),
+            context=context,
+        )
+
+
+class NoAuth:
+    """Sends requests without credentials: the simulator when started without any."""
+
+    @property
+    def credential_id(self) -> str:
+        return "anonymous"
+
+    async def apply(self, request: OutgoingRequest, project_id: str | None) -> None:
+        return None
+
+    def invalidate(self, request: OutgoingRequest) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<NoAuth>"
+
+
+def auth_from_settings(
+    settings: AuthSettings, api: ApiSettings, session: aiohttp.ClientSession
+) -> Auth:
+    """The ``Auth`` the settings ask for; the IAM token auth borrows ``session``.
+
+    ``AuthSettings`` has already checked that the chosen mode has its credentials.
+    """
+    mode = settings.mode
+    if mode == "aksk":
+        ak, sk = _needed(settings.ak, "ak", mode), _needed(settings.sk, "sk", mode)
+        return AkSkAuth(ak, sk, security_token=settings.security_token)
+    if mode == "token":
+        return IamTokenAuth(
+            session,
+            api.iam_url,
+            user=_needed(settings.user, "user", mode),
+            password=_needed(settings.password, "password", mode),
+            domain=_needed(settings.domain, "domain", mode),
+            timeout_s=api.request_timeout_s,
+        )
+    return NoAuth()
+
+
+def _needed(value: T | None, name: str, mode: str) -> T:
+    # AuthSettings validates this already; a model built with model_construct() skips that.
+    if value is None or value == "":
+        raise ConfigError(f"auth mode {mode!r} needs {name}")
+    return value

@@ -21,6 +21,7 @@ from bridge.answers import (
     Call,
     check_success,
     error_for,
+    exchange,
     malformed,
     validate,
 )
@@ -46,26 +47,58 @@ from bridge.ratelimit import BucketGroup
 from bridge.retry import Backoff, Clock, Sleep, parse_retry_after
 from bridge.settings import ApiSettings
 
-__all__ = ["DliClient", "NoAuth"]
+__all__ = ["DliClient", "new_session", "parse_job_body"]
 
 log = logging.getLogger(__name__)
 
 
-class NoAuth:
-    """Sends requests without credentials: the simulator when started without any."""
+def new_session() -> aiohttp.ClientSession:
+    """The process's one HTTP session, for the composer to own and hand to client and auth.
 
-    @property
-    def credential_id(self) -> str:
-        return "anonymous"
+    The client's in-flight semaphore is the connection cap, so the pool itself is unbounded;
+    every request carries its own ``asyncio.timeout``, so the session has none. Call it from
+    inside the event loop, and close it (``async with``) after everything that borrowed it.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+    )
 
-    async def apply(self, request: OutgoingRequest, project_id: str | None) -> None:
-        return None
 
-    def invalidate(self, request: OutgoingRequest) -> bool:
-        return False
+def parse_job_body(
+    body: bytes, *, project_id: str, job_id: int | str, url: yarl.URL | str | None = None
+) -> Fetched[JobDetail]:
+    """A Job Details 2xx body as ``Fetched[JobDetail]``; pure (no I/O).
 
-    def __repr__(self) -> str:
-        return "<NoAuth>"
+    Raises ``MalformedResponse`` (carrying ``body``) when it is not JSON, does not validate or
+    has no ``job_detail``, and ``ApiRejected`` when DLI says ``is_success`` false, exactly
+    as ``DliClient.get_job`` does. ``url`` only labels the errors (default: the job's path).
+    """
+    where = yarl.URL(url) if url is not None else _job_path(project_id, job_id)
+    call = Call("GET", where, project_id, job_id)
+    return _parse_detail(Answer(200, body, None, None), call)
+
+
+def _job_path(project_id: str, job_id: int | str) -> yarl.URL:
+    return yarl.URL.build(path=f"/v1.0/{project_id}/streaming/jobs/{job_id}")
+
+
+def _parse_detail(answer: Answer, call: Call) -> Fetched[JobDetail]:
+    doc = _json_object(answer, call)
+    body = validate(JobDetailResponse, doc, answer, call)
+    check_success(body.is_success, body.message, answer, call)
+    if body.job_detail is None:
+        raise malformed("no job_detail in the answer", answer, call)
+    return Fetched(raw=doc["job_detail"], model=body.job_detail)
+
+
+def _json_object(answer: Answer, call: Call) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(answer.body)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
+    if not isinstance(doc, dict):
+        raise malformed("the answer is not a JSON object", answer, call)
+    return doc
 
 
 class _State(enum.Enum):
@@ -75,9 +108,10 @@ class _State(enum.Enum):
 
 
 class DliClient:
-    """DLI and IAM calls over one aiohttp session, as an async context manager.
+    """DLI and IAM calls over a borrowed aiohttp session, as an async context manager.
 
-    Owns the session unless one is passed in. Every call goes through, in order: the
+    The session belongs to whoever composes the app (see ``new_session``) and outlives the
+    client; the IAM token auth borrows the same one. Every call goes through, in order: the
     project's circuit breaker, the project's and the credential's token buckets, the
     credential, the global in-flight cap (held only while the request is on the wire), and
     ``asyncio.timeout``. Failures are mapped to ``bridge.errors``; retryable ones are retried
@@ -89,8 +123,8 @@ class DliClient:
         self,
         settings: ApiSettings,
         auth: Auth,
+        session: aiohttp.ClientSession,
         *,
-        session: aiohttp.ClientSession | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -101,7 +135,6 @@ class DliClient:
         self._dli_base = settings.dli_url
         self._iam_base = settings.iam_url
         self._session = session
-        self._owns_session = session is None
         self._state = _State.UNOPENED
         self._clock = clock
         self._sleep = sleep
@@ -129,12 +162,8 @@ class DliClient:
     async def __aenter__(self) -> Self:
         if self._state is not _State.UNOPENED:
             raise RuntimeError(f"DliClient cannot be opened when {self._state.value}")
-        if self._session is None:
-            # The in-flight semaphore is the connection cap; the pool itself is unbounded.
-            connector = aiohttp.TCPConnector(limit=0)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-            )
+        if self._session.closed:
+            raise RuntimeError("DliClient needs an open aiohttp session")
         self._state = _State.OPEN
         return self
 
@@ -144,14 +173,13 @@ class DliClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # The session is borrowed: its owner closes it after everything that uses it.
         self._state = _State.CLOSED
-        if self._owns_session and self._session is not None:
-            await self._session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The session requests go through (for collaborators such as IamTokenAuth)."""
-        if self._state is not _State.OPEN or self._session is None:
+        """The borrowed session requests go through, while the client is open."""
+        if self._state is not _State.OPEN:
             raise RuntimeError(f"DliClient is {self._state.value}, not open")
         return self._session
 
@@ -163,13 +191,19 @@ class DliClient:
 
     async def get_job(self, project_id: str, job_id: int | str) -> Fetched[JobDetail]:
         """One job's detail; raises JobNotFound when DLI says it does not exist."""
-        call = Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
-        doc, answer = await self._get_json(call)
-        body = validate(JobDetailResponse, doc, answer, call)
-        check_success(body.is_success, body.message, answer, call)
-        if body.job_detail is None:
-            raise malformed("no job_detail in the answer", answer, call)
-        return Fetched(raw=doc["job_detail"], model=body.job_detail)
+        call = self._job_call(project_id, job_id)
+        return _parse_detail(await self._send(call), call)
+
+    async def get_job_body(self, project_id: str, job_id: int | str) -> bytes:
+        """The raw 2xx body of one job's detail call, not parsed (see ``parse_job_body``).
+
+        Statuses and failures are mapped exactly as in ``get_job`` (JobNotFound on
+        ``DLI.16001``), so the engine can fingerprint the bytes before parsing them.
+        """
+        return (await self._send(self._job_call(project_id, job_id))).body
+
+    def _job_call(self, project_id: str, job_id: int | str) -> Call:
+        return Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
 
     async def list_jobs(
         self,
@@ -235,13 +269,7 @@ class DliClient:
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)
-        try:
-            doc = orjson.loads(answer.body)
-        except orjson.JSONDecodeError as exc:
-            raise malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
-        if not isinstance(doc, dict):
-            raise malformed("the answer is not a JSON object", answer, call)
-        return doc, answer
+        return _json_object(answer, call), answer
 
     # --- attempts, retries, limits ----------------------------------------------------------
 
@@ -292,29 +320,20 @@ class DliClient:
             return exc
 
     async def _exchange(self, request: OutgoingRequest, call: Call) -> Answer:
-        timeout_s = self.settings.request_timeout_s
-        try:
-            async with (
-                asyncio.timeout(timeout_s),
-                self.session.request(
-                    request.method, request.url, headers=request.headers, data=request.body or None
-                ) as response,
-            ):
-                body = await response.read()
-        except TimeoutError as exc:
-            raise ApiUnavailable(f"no answer within {timeout_s} s", **call.context()) from exc
-        except aiohttp.ClientError as exc:
-            text = f"request failed: {type(exc).__name__}: {exc}"
-            raise ApiUnavailable(text, **call.context()) from exc
-        request_id = response.headers.get(REQUEST_ID_HEADER)
-        log.debug(
-            "%s %s -> %d",
-            call.method,
-            call.url.path,
-            response.status,
-            extra={"request_id": request_id},
+        status, headers, body = await exchange(
+            self.session,
+            request.method,
+            request.url,
+            headers=request.headers,
+            body=request.body,
+            timeout_s=self.settings.request_timeout_s,
+            context=call.context(),
         )
-        return Answer(response.status, body, response.headers.get("Retry-After"), request_id)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        log.debug(
+            "%s %s -> %d", call.method, call.url.path, status, extra={"request_id": request_id}
+        )
+        return Answer(status, body, headers.get("Retry-After"), request_id)
 
     async def _pause(self, call: Call, error: ApiError, attempt: int) -> None:
         hint = error.retry_after_s if isinstance(error, RateLimited) else None

@@ -1,12 +1,25 @@
-"""Shared fixtures: the real Kafka broker and the DLI simulator live in their own modules."""
+"""Shared fixtures: the real Kafka broker, the DLI simulator and clients live in plugin modules."""
 
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from tests.kafka_fixtures import group_name, kafka_bootstrap, topic_name  # noqa: F401
-from tests.sim_fixtures import make_simulator, simulator  # noqa: F401
+pytest_plugins = ["tests.kafka_fixtures", "tests.sim_fixtures", "tests.client_fixtures"]
+
+# Starting the session's broker cold takes 10-25 s; the default 30 s per-test timeout is for
+# everything else.
+BROKER_TIMEOUT_S = 180
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the broker get a longer timeout unless they set their own."""
+    for item in items:
+        needs_broker = "kafka_bootstrap" in getattr(item, "fixturenames", ())
+        if (item.get_closest_marker("integration") or needs_broker) and not item.get_closest_marker(
+            "timeout"
+        ):
+            item.add_marker(pytest.mark.timeout(BROKER_TIMEOUT_S))
 
 
 @pytest.fixture(autouse=True)

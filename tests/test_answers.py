@@ -1,11 +1,25 @@
 """The meaning of DLI / IAM answers: a table from status and error body to bridge error."""
 
+import asyncio
+
+import aiohttp
 import orjson
 import pytest
 import yarl
+from aiohttp import web
 
-from bridge.answers import Answer, Call, check_success, error_for, malformed, validate
+from bridge.answers import (
+    Answer,
+    Call,
+    check_success,
+    error_for,
+    exchange,
+    iam_error_for,
+    malformed,
+    validate,
+)
 from bridge.errors import (
+    ApiErrorContext,
     ApiRejected,
     ApiUnavailable,
     AuthError,
@@ -14,6 +28,7 @@ from bridge.errors import (
     RateLimited,
 )
 from bridge.models import JobDetailResponse
+from tests.http_server import serve_app
 
 DETAIL = Call("GET", yarl.URL("https://dli.x/v1.0/p1/streaming/jobs/7"), "p1", 7)
 LIST = Call("GET", yarl.URL("https://dli.x/v1.0/p1/streaming/jobs"), "p1")
@@ -96,3 +111,70 @@ def test_check_success_refuses_is_success_false():
 def test_malformed_keeps_status_and_body():
     error = malformed("not JSON", answer(200, b"<html>"), LIST)
     assert (error.status, error.body, error.detail) == (200, b"<html>", "not JSON")
+
+
+# --- IAM answers ------------------------------------------------------------------------------
+
+IAM_CONTEXT: ApiErrorContext = {"method": "POST", "url": "https://iam.x/v3/auth/tokens"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "code"),
+    [
+        (401, {"error": {"code": 401, "message": "wrong pw-1"}}, AuthError, "401"),
+        (400, {"error_code": "IAM.0001", "error_msg": "bad"}, AuthError, "IAM.0001"),
+        (429, {"error_code": "APIG.0308"}, RateLimited, "APIG.0308"),
+        (503, b"<html>down</html>", ApiUnavailable, None),
+        (500, b"[]", ApiUnavailable, None),
+    ],
+)
+def test_iam_error_for_maps_status_and_scrubs_the_password(status, body, error, code):
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    result = iam_error_for(
+        status, raw, credential_id="u@d", password="pw-1", retry_after_s=3.0, context=IAM_CONTEXT
+    )
+    assert type(result) is error
+    assert (result.status, result.code, result.method) == (status, code, "POST")
+    assert "pw-1" not in str(result)
+    assert "u@d" in str(result)
+    if isinstance(result, RateLimited):
+        assert result.retry_after_s == 3.0
+
+
+# --- the exchange ------------------------------------------------------------------------------
+
+
+async def test_exchange_returns_status_headers_and_body():
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=418, body=await request.read(), headers={"X-Request-Id": "r"})
+
+    app = web.Application()
+    app.router.add_post("/echo", handler)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        status, headers, body = await exchange(
+            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context={}
+        )
+    assert (status, headers["X-Request-Id"], body) == (418, "r", b"hi")
+
+
+async def test_exchange_maps_a_refused_connection_and_a_timeout():
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        with pytest.raises(ApiUnavailable, match=r"^IAM: no answer within 0\.05 s") as late:
+            await exchange(
+                session, "GET", url / "slow", headers={}, body=b"", timeout_s=0.05,
+                context={"project_id": "p1"}, label="IAM",
+            )  # fmt: skip
+        with pytest.raises(ApiUnavailable, match=r"^request failed: ClientConnector") as refused:
+            await exchange(
+                session, "GET", yarl.URL("http://127.0.0.1:9/"), headers={}, body=b"",
+                timeout_s=5.0, context={},
+            )  # fmt: skip
+    assert late.value.project_id == "p1"
+    assert isinstance(late.value.__cause__, TimeoutError)
+    assert isinstance(refused.value.__cause__, aiohttp.ClientError)

@@ -16,9 +16,18 @@ import yarl
 from aiohttp import web
 from pydantic import SecretStr
 
-from bridge.auth import REFRESH_RETRY_S, AkSkAuth, IamTokenAuth, OutgoingRequest
-from bridge.errors import ApiUnavailable, AuthError, MalformedResponse, RateLimited
+from bridge.auth import (
+    REFRESH_RETRY_S,
+    AkSkAuth,
+    IamTokenAuth,
+    NoAuth,
+    OutgoingRequest,
+    auth_from_settings,
+)
+from bridge.errors import ApiUnavailable, AuthError, ConfigError, MalformedResponse, RateLimited
+from bridge.settings import ApiSettings, AuthSettings
 from bridge.signing import verify_signature
+from tests.fakes import FakeClock
 from tests.http_server import serve_app
 from tests.test_signing import AK, SK, VECTOR_NOW, assert_no_secret_logged
 
@@ -161,14 +170,6 @@ class FakeIam:
         return self.respond(len(self.requests))
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def iam() -> AsyncIterator[FakeIam]:
     fake = FakeIam()
@@ -182,7 +183,7 @@ async def iam() -> AsyncIterator[FakeIam]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -367,7 +368,13 @@ async def test_iam_maps_error_status_when_token_refused(
 
 @pytest.mark.parametrize(
     ("retry_after", "expected"),
-    [("3", 3.0), ("0.5", 0.5), ("Wed, 21 Oct 2015 07:28:00 GMT", None), (None, None)],
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 20.0),  # an HTTP date, 20 s after our wall clock
+        ("soon", None),
+        (None, None),
+    ],
 )
 async def test_iam_reports_retry_after_when_throttled(
     make_iam_auth, iam, retry_after: str | None, expected: float | None
@@ -375,7 +382,7 @@ async def test_iam_reports_retry_after_when_throttled(
     headers = {"Retry-After": retry_after} if retry_after is not None else None
     iam.respond = _iam_error(429, {"error_code": "APIG.0308"}, headers)
     with pytest.raises(RateLimited) as caught:
-        await _token(make_iam_auth())
+        await _token(make_iam_auth(wall_clock=lambda: 1_445_412_460.0))
     assert caught.value.retry_after_s == expected
 
 
@@ -412,7 +419,7 @@ async def test_iam_raises_malformed_when_token_response_unusable(
 
 async def test_iam_raises_unavailable_when_request_times_out(make_iam_auth, iam) -> None:
     iam.gate = asyncio.Event()
-    with pytest.raises(ApiUnavailable, match="did not answer"):
+    with pytest.raises(ApiUnavailable, match="IAM: no answer within"):
         await _token(make_iam_auth(timeout_s=0.05))
 
 
@@ -420,7 +427,7 @@ async def test_iam_raises_unavailable_when_connection_refused(session, clock) ->
     async with serve_app(web.Application()) as url:
         pass  # served, then closed: nothing listens on `url` any more
     auth = IamTokenAuth(session, url, user=USER, password=SecretStr(PASSWORD), domain=DOMAIN)
-    with pytest.raises(ApiUnavailable, match="IAM request failed"):
+    with pytest.raises(ApiUnavailable, match="IAM: request failed"):
         await _token(auth)
 
 
@@ -450,3 +457,48 @@ def _no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level("DEBUG", logger="bridge.signing")
     yield
     assert_no_secret_logged(caplog, PASSWORD, SK, "token-1")
+
+
+# --- auth_from_settings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth", "kind"),
+    [
+        ({"mode": "aksk", "ak": "AK1", "sk": "SK1"}, AkSkAuth),
+        ({"mode": "token", "user": "u", "password": "p", "domain": "d"}, IamTokenAuth),
+        ({"mode": "none"}, NoAuth),
+    ],
+)
+async def test_auth_from_settings_builds_the_mode_asked_for(session, auth, kind):
+    built = auth_from_settings(AuthSettings(**auth), ApiSettings(), session)
+    assert isinstance(built, kind)
+    assert "SK1" not in repr(built)
+
+
+async def test_token_auth_from_settings_borrows_the_session_and_iam_url(session, iam):
+    settings = AuthSettings(mode="token", user=USER, password=PASSWORD, domain=DOMAIN)
+    built = auth_from_settings(settings, ApiSettings(iam_endpoint=str(iam.url)), session)
+    iam.respond = issue_token
+    request = OutgoingRequest("GET", yarl.URL("http://dli.x/"))
+    await built.apply(request, "p1")
+    assert request.headers["X-Auth-Token"]
+    assert len(iam.requests) == 1
+
+
+async def test_auth_from_settings_refuses_an_unchecked_incomplete_credential(session):
+    incomplete = AuthSettings.model_construct(mode="aksk", ak="AK1", sk=None)
+    with pytest.raises(ConfigError, match="needs sk"):
+        auth_from_settings(incomplete, ApiSettings(), session)
+
+
+async def test_no_auth_adds_nothing():
+    request = OutgoingRequest("GET", yarl.URL("http://dli.x/"))
+    auth = NoAuth()
+    await auth.apply(request, "p1")
+    assert request.headers == {}
+    assert (auth.credential_id, auth.invalidate(request), repr(auth)) == (
+        "anonymous",
+        False,
+        "<NoAuth>",
+    )

@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from bridge.auth import AkSkAuth, Auth, IamTokenAuth, OutgoingRequest
+from bridge.auth import AkSkAuth, Auth, IamTokenAuth, NoAuth, OutgoingRequest
 from bridge.breaker import BreakerState
-from bridge.client import DliClient, NoAuth
+from bridge.client import DliClient, new_session, parse_job_body
 from bridge.errors import (
     ApiRejected,
     ApiUnavailable,
@@ -33,6 +33,8 @@ from bridge.errors import (
 from bridge.retry import Sleep
 from bridge.settings import ApiSettings
 from bridge.simulator import Simulator, SimulatorConfig
+from tests.client_fixtures import api_settings
+from tests.fakes import FakeClock, RecordingSleep
 from tests.http_server import serve_app
 
 # --- a scripted server: answers the simulator cannot give -----------------------------------
@@ -63,28 +65,14 @@ async def _serve(scripted: Scripted) -> AsyncIterator[str]:
         yield str(url)
 
 
-class RecordingSleep:
-    """Records requested delays instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
+_api = api_settings
 
 
-def _api(base_url: str, **overrides: Any) -> ApiSettings:
-    values: dict[str, Any] = {
-        "endpoint": base_url,
-        "iam_endpoint": base_url,
-        "retry_attempts": 3,
-        "project_rate_per_s": 1000.0,
-        "project_burst": 1000,
-        "credential_rate_per_s": 1000.0,
-        "credential_burst": 1000,
-        "request_timeout_s": 5.0,
-    }
-    return ApiSettings(**(values | overrides))
+@asynccontextmanager
+async def _client(settings: ApiSettings, auth: Auth, **options: Any) -> AsyncIterator[DliClient]:
+    """A client on its own session, for tests that build everything by hand."""
+    async with new_session() as session, DliClient(settings, auth, session, **options) as client:
+        yield client
 
 
 @asynccontextmanager
@@ -95,7 +83,7 @@ async def _scripted_client(
     sleep = RecordingSleep()
     async with (
         _serve(scripted) as base_url,
-        DliClient(
+        _client(
             _api(base_url, **overrides), auth or NoAuth(), sleep=sleep, rng=random.Random(1)
         ) as client,
     ):
@@ -111,6 +99,52 @@ async def test_detail_answer_gives_raw_and_model():
     assert fetched.raw == {"job_id": 5, "name": "x"}
     assert (fetched.model.job_id, fetched.model.name) == (5, "x")
     assert scripted.seen[0].path == "/v1.0/p1/streaming/jobs/5"
+
+
+async def test_detail_body_is_the_raw_answer_and_parses_like_get_job():
+    async with _scripted_client(DETAIL_OK) as (client, scripted, _):
+        body = await client.get_job_body("p1", 5)
+        fetched = await client.get_job("p1", 5)
+    assert body == DETAIL_OK[1]
+    assert parse_job_body(body, project_id="p1", job_id=5) == fetched
+    assert [r.path for r in scripted.seen] == ["/v1.0/p1/streaming/jobs/5"] * 2
+
+
+async def test_detail_body_of_a_missing_job_is_job_not_found():
+    gone = _json({"error_code": "DLI.16001", "error_msg": "The job 5 does not exist."}, 400)
+    async with _scripted_client(gone) as (client, _, sleep):
+        with pytest.raises(JobNotFound) as caught:
+            await client.get_job_body("p1", 5)
+    assert (caught.value.job_id, caught.value.project_id) == (5, "p1")
+    assert sleep.delays == []
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "what"),
+    [
+        (b"<html>", MalformedResponse, "not JSON"),
+        (b"[1]", MalformedResponse, "not a JSON object"),
+        (b'{"is_success": "true"}', MalformedResponse, "no job_detail"),
+        (b'{"job_detail": {"job_id": "x"}}', MalformedResponse, "schema"),
+        (b'{"is_success": "false", "message": "locked"}', ApiRejected, "locked"),
+    ],
+)
+def test_parse_job_body_fails_like_get_job(body, error, what):
+    with pytest.raises(error, match=what) as caught:
+        parse_job_body(body, project_id="p1", job_id=5)
+    assert caught.value.project_id == "p1"
+    assert "/v1.0/p1/streaming/jobs/5" in str(caught.value)
+    if isinstance(caught.value, MalformedResponse):
+        assert caught.value.body == body
+
+
+async def test_make_client_borrows_the_tests_session(make_client, http_session, simulator):
+    sim, base_url = simulator
+    async with make_client(base_url) as client:
+        assert client.session is http_session
+        rows = await client.list_jobs(sim.project_ids[0])
+    assert len(rows) == 10
+    assert not http_session.closed
 
 
 async def test_is_success_false_is_rejected_with_message():
@@ -195,7 +229,7 @@ async def test_retry_after_http_date_is_honoured():
     sleep = RecordingSleep()
     async with (
         _serve(scripted) as base_url,
-        DliClient(_api(base_url), NoAuth(), sleep=sleep, wall_clock=lambda: now) as client,
+        _client(_api(base_url), NoAuth(), sleep=sleep, wall_clock=lambda: now) as client,
     ):
         await client.get_job("p1", 5)
     assert sleep.delays == [7.0]
@@ -302,7 +336,7 @@ async def test_connection_refused_is_unavailable_after_retries():
         port = sock.getsockname()[1]
     sleep = RecordingSleep()
     settings_ = _api(f"http://127.0.0.1:{port}")
-    async with DliClient(settings_, NoAuth(), sleep=sleep) as client:
+    async with _client(settings_, NoAuth(), sleep=sleep) as client:
         with pytest.raises(ApiUnavailable) as caught:
             await client.get_job("p1", 5)
     assert caught.value.status is None
@@ -310,24 +344,26 @@ async def test_connection_refused_is_unavailable_after_retries():
     assert isinstance(caught.value.__cause__, aiohttp.ClientError)
 
 
-async def test_client_is_opened_once_and_closes_its_session():
-    client = DliClient(_api("http://127.0.0.1:9"), NoAuth())
-    assert "unopened" in repr(client)
-    async with client:
-        session = client.session
-        assert "open" in repr(client)
-        with pytest.raises(RuntimeError):
-            await client.__aenter__()
-    assert session.closed
-    with pytest.raises(RuntimeError):
-        _ = client.session
-
-
-async def test_borrowed_session_stays_open():
-    async with aiohttp.ClientSession() as session:
-        async with DliClient(_api("http://127.0.0.1:9"), NoAuth(), session=session) as client:
+async def test_client_is_opened_once_and_leaves_the_borrowed_session_open():
+    async with new_session() as session:
+        client = DliClient(_api("http://127.0.0.1:9"), NoAuth(), session)
+        assert "unopened" in repr(client)
+        async with client:
             assert client.session is session
+            assert "open" in repr(client)
+            with pytest.raises(RuntimeError):
+                await client.__aenter__()
         assert not session.closed
+        with pytest.raises(RuntimeError):
+            _ = client.session
+
+
+async def test_client_refuses_a_closed_session():
+    session = new_session()
+    await session.close()
+    with pytest.raises(RuntimeError, match="open aiohttp session"):
+        async with DliClient(_api("http://127.0.0.1:9"), NoAuth(), session):
+            pass
 
 
 # --- against the simulator over real HTTP ---------------------------------------------------
@@ -346,7 +382,7 @@ async def _sim_client(
 ) -> AsyncIterator[tuple[DliClient, Simulator]]:
     async with (
         _simulated(**(sim_config or {})) as (sim, base_url),
-        DliClient(
+        _client(
             _api(base_url, **overrides), NoAuth(), sleep=sleep or RecordingSleep(),
             rng=random.Random(3),
         ) as client,
@@ -438,7 +474,7 @@ async def test_missing_job_is_not_found():
 async def test_wrong_endpoint_is_rejected_not_not_found():
     async with _simulated() as (sim, base_url):
         pid = sim.project_ids[0]
-        async with DliClient(_api(base_url + "/wrong-prefix"), NoAuth()) as client:
+        async with _client(_api(base_url + "/wrong-prefix"), NoAuth()) as client:
             with pytest.raises(ApiRejected) as detail:
                 await client.get_job(pid, 1)
             with pytest.raises(ApiRejected) as listing:
@@ -515,6 +551,12 @@ async def test_latency_past_timeout_is_unavailable_after_retries():
         pid = sim.project_ids[0]
         with pytest.raises(ApiUnavailable, match="no answer within") as caught:
             await client.get_job(pid, 1)
+        # The client gave up on the second request after 50 ms; on a busy machine the server
+        # may only now be reading it.
+        for _ in range(200):
+            if sim.requests[("detail", pid)] == 2:
+                break
+            await asyncio.sleep(0.01)
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert sim.requests[("detail", pid)] == 2
 
@@ -549,12 +591,12 @@ async def test_schema_breaking_field_is_malformed_with_raw_body():
 async def test_iam_token_expiry_mid_run_reauthenticates_once():
     async with (
         _simulated(users={"ops": "pw-123"}) as (sim, base_url),
-        aiohttp.ClientSession() as session,
+        new_session() as session,
     ):
         auth = IamTokenAuth(
             session, base_url, user="ops", password=SecretStr("pw-123"), domain="sim-domain"
         )
-        async with DliClient(_api(base_url), auth, session=session) as client:
+        async with DliClient(_api(base_url), auth, session) as client:
             pid = sim.project_ids[0]
             job_id = min(_live_ids(sim, pid))
             await client.get_job(pid, job_id)
@@ -570,12 +612,12 @@ async def test_iam_token_expiry_mid_run_reauthenticates_once():
 async def test_refused_iam_password_is_final():
     async with (
         _simulated(users={"ops": "pw-123"}) as (sim, base_url),
-        aiohttp.ClientSession() as session,
+        new_session() as session,
     ):
         auth = IamTokenAuth(
             session, base_url, user="ops", password=SecretStr("wrong"), domain="sim-domain"
         )
-        async with DliClient(_api(base_url), auth, session=session) as client:
+        async with DliClient(_api(base_url), auth, session) as client:
             pid = sim.project_ids[0]
             with pytest.raises(AuthError) as caught:
                 await client.get_job(pid, 1)
@@ -587,7 +629,7 @@ async def test_refused_iam_password_is_final():
 async def test_aksk_signed_calls_are_accepted():
     async with (
         _simulated(aksk={"AK-TEST": "SK-TEST"}, jobs_per_project=12) as (sim, base_url),
-        DliClient(_api(base_url), AkSkAuth("AK-TEST", SecretStr("SK-TEST"))) as client,
+        _client(_api(base_url), AkSkAuth("AK-TEST", SecretStr("SK-TEST"))) as client,
     ):
         pid = sim.project_ids[0]
         rows = await client.list_jobs(pid, page_size=5, job_type="flink_sql_job", name="")
@@ -606,7 +648,7 @@ async def test_aksk_signed_calls_are_accepted():
 async def test_refused_credential_is_an_auth_error_without_retry(auth):
     async with (
         _simulated(aksk={"AK-TEST": "SK-TEST"}) as (sim, base_url),
-        DliClient(_api(base_url), auth, sleep=RecordingSleep()) as client,
+        _client(_api(base_url), auth, sleep=RecordingSleep()) as client,
     ):
         pid = sim.project_ids[0]
         with pytest.raises(AuthError) as caught:
@@ -615,19 +657,11 @@ async def test_refused_credential_is_an_auth_error_without_retry(auth):
     assert sim.requests[("detail", pid)] == 1
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_breaker_opens_on_a_sick_project_and_recovers():
     clock = FakeClock()
     async with (
         _simulated() as (sim, base_url),
-        DliClient(
+        _client(
             _api(base_url, retry_attempts=1, breaker_threshold=2, breaker_cooldown_s=30.0),
             NoAuth(), clock=clock, sleep=RecordingSleep(),
         ) as client,
@@ -663,7 +697,7 @@ async def test_throttled_project_does_not_delay_a_healthy_one():
 
     async with (
         _simulated(projects=2, jobs_per_project=20) as (sim, base_url),
-        DliClient(
+        _client(
             _api(base_url, max_in_flight=2, retry_attempts=3), NoAuth(), sleep=gated_sleep
         ) as client,
     ):

@@ -18,7 +18,8 @@ from multiprocessing.connection import Connection
 import aiohttp
 import orjson
 
-from bridge.client import DliClient, NoAuth
+from bridge.auth import NoAuth
+from bridge.client import DliClient, new_session
 from bridge.settings import ApiSettings
 from bridge.simulator import Simulator, SimulatorConfig
 
@@ -94,7 +95,10 @@ def _settings(base_url: str, c: int) -> ApiSettings:
 
 
 async def _client(base_url: str, targets: list[Target], n: int, c: int) -> Figures:
-    async with DliClient(_settings(base_url, c), NoAuth()) as client:
+    async with (
+        new_session() as session,
+        DliClient(_settings(base_url, c), NoAuth(), session) as client,
+    ):
 
         async def one(target: Target) -> None:
             await client.get_job(*target)
@@ -103,7 +107,10 @@ async def _client(base_url: str, targets: list[Target], n: int, c: int) -> Figur
 
 
 async def _targets(base_url: str) -> list[Target]:
-    async with DliClient(_settings(base_url, 8), NoAuth()) as client:
+    async with (
+        new_session() as session,
+        DliClient(_settings(base_url, 8), NoAuth(), session) as client,
+    ):
         projects = await client.list_projects()
         return [
             (p.model.id, row.model.job_id)
