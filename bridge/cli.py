@@ -69,32 +69,74 @@ def _add_local_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "Maven Central jars cached per version; prints 'bootstrap: HOST:PORT' when ready "
         "and stops cleanly on Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--kafka-version", help="Kafka version, e.g. 4.1.2 (default: pinned 3.9.x)")
-    p.add_argument("--port", type=int, help="client port (default: a free one)")
     p.add_argument(
-        "--cache-dir", help="jar cache (default: $DLI_BRIDGE_CACHE_DIR or ~/.cache/dli-bridge)"
+        "--kafka-version",
+        help="Kafka version, 3.3 or newer, e.g. 4.1.2 (default: $BRIDGE_KAFKA_VERSION or 3.9.2)",
+    )
+    p.add_argument(
+        "--port", type=port_number, help="client port, 0-65535 (default or 0: a free one)"
+    )
+    p.add_argument(
+        "--cache-dir", help="jar cache (default: $BRIDGE_CACHE_DIR or ~/.cache/dli-bridge)"
     )
     p.add_argument("--heap-mb", type=int, default=512, help="JVM heap in MiB (default: 512)")
+    p.add_argument("--java", help="the java executable (default: $JAVA_HOME/bin/java, or PATH)")
+    p.add_argument("--mvn", help="the mvn executable (default: $MAVEN_HOME/bin/mvn, or PATH)")
     p.set_defaults(func=_cmd_local_kafka)
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port: an integer from 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 0 to 65535")
+    return port
 
 
 def _cmd_local_kafka(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     # imported here: aiokafka makes `dli-bridge --help` and the other commands slower
-    from bridge.localkafka import DEFAULT_KAFKA_VERSION, LocalKafka
+    from bridge.localkafka import LocalKafka, default_kafka_version
 
     kafka = LocalKafka(
-        args.kafka_version or DEFAULT_KAFKA_VERSION,
-        port=args.port,
+        args.kafka_version or default_kafka_version(),
+        port=args.port or None,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         heap_mb=args.heap_mb,
+        java=args.java,
+        mvn=args.mvn,
     )
 
     def announce(broker: LocalKafka) -> None:
         print(f"bootstrap: {broker.bootstrap_servers}", flush=True)
 
     asyncio.run(serve_until_signalled(kafka, announce))
+    return 0
+
+
+# --- check-config (owner: settings) ---------------------------------------------------------
+
+
+def _add_check_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file; print the effective configuration",
+        description="Read FILE and the BRIDGE_* environment exactly as `dli-bridge run` does. "
+        "Prints the effective configuration as JSON (secrets masked) and exits 0, or lists "
+        "every problem at once and exits 2.",
+    )
+    p.add_argument("file", metavar="FILE", help="the TOML configuration file")
+    p.set_defaults(func=_cmd_check_config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.settings import Settings
+
+    print(Settings.from_env(toml_path=args.file).masked_json())
     return 0
 
 
@@ -316,7 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Huawei Cloud DLI Flink job changes as typed events in Kafka.",
     )
     parser.add_argument("--version", action="version", version=f"dli-bridge {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=logs.LEVELS,
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)",
+    )
     parser.add_argument(
         "--log-format",
         choices=["auto", "json", "plain"],
@@ -326,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tail(sub)
     _add_local_kafka(sub)
+    _add_check_config(sub)
     _add_simulate(sub)
     return parser
 

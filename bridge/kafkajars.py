@@ -10,20 +10,27 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from bridge.errors import LocalKafkaError
+from bridge.settings import CACHE_DIR_ENV, KAFKA_VERSION_ENV
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "LoggingBackend",
+    "absolute",
     "check_version",
     "default_cache_dir",
+    "default_kafka_version",
     "ensure_jars",
+    "environ_value",
+    "find_mvn",
+    "find_tool",
     "last_lines",
     "libs_dir",
     "logging_backend",
@@ -36,7 +43,14 @@ log = logging.getLogger(__name__)
 # 3.9 keeps every old protocol version, which makes it aiokafka's lowest-risk pairing.
 DEFAULT_KAFKA_VERSION: Final = "3.9.2"
 
+# The local broker runs in KRaft mode; `kafka.tools.StorageTool format` arrived with 3.3.
+OLDEST_KAFKA: Final = (3, 3)
 MAVEN_TIMEOUT_S: Final = 900.0
+# Names read before everything was spelt BRIDGE_*; still honoured, with a warning.
+_DEPRECATED_ENV: Final = {
+    CACHE_DIR_ENV: "DLI_BRIDGE_CACHE_DIR",
+    KAFKA_VERSION_ENV: "DLI_BRIDGE_KAFKA_VERSION",
+}
 _RESOURCES: Final = resources.files("bridge").joinpath("resources")
 _POM: Final = _RESOURCES.joinpath("kafka-pom.xml")
 _VERSION_RE: Final = re.compile(r"(\d+)\.(\d+)\.\d+(?:[.-][0-9A-Za-z]+)*")
@@ -70,7 +84,14 @@ def check_version(version: str) -> tuple[int, int]:
         raise LocalKafkaError(
             f"{version!r} is not a Kafka version: give one like {DEFAULT_KAFKA_VERSION} or 4.1.2"
         )
-    return int(match[1]), int(match[2])
+    line = int(match[1]), int(match[2])
+    if line < OLDEST_KAFKA:
+        raise LocalKafkaError(
+            f"Kafka {version} is not supported: the local broker runs in KRaft mode, whose "
+            "storage tool needs Kafka 3.3 or newer; choose 3.3 or newer, e.g. "
+            f"{DEFAULT_KAFKA_VERSION} (the default) or 4.1.2"
+        )
+    return line
 
 
 def logging_backend(version: str) -> LoggingBackend:
@@ -82,14 +103,65 @@ def logging_backend(version: str) -> LoggingBackend:
     return LoggingBackend("log4j2", log4j2, "log4j2.properties", "log4j2.configurationFile")
 
 
+def environ_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``name`` from the environment, else its deprecated ``DLI_BRIDGE_*`` spelling (warned)."""
+    env = os.environ if environ is None else environ
+    if value := env.get(name):
+        return value
+    old = _DEPRECATED_ENV.get(name)
+    if old is None or not (value := env.get(old)):
+        return None
+    message = f"{old} is deprecated and will be removed: set {name} instead"
+    log.warning("%s", message)
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
+    return value
+
+
 def default_cache_dir() -> Path:
-    """$DLI_BRIDGE_CACHE_DIR, else $XDG_CACHE_HOME/dli-bridge, else ~/.cache/dli-bridge."""
-    if explicit := os.environ.get("DLI_BRIDGE_CACHE_DIR"):
-        return Path(explicit)
+    """$BRIDGE_CACHE_DIR, else $XDG_CACHE_HOME/dli-bridge, else ~/.cache/dli-bridge; absolute."""
+    if explicit := environ_value(CACHE_DIR_ENV):
+        return absolute(Path(explicit))
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     # the XDG spec says to ignore a relative value
     base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     return base / "dli-bridge"
+
+
+def default_kafka_version() -> str:
+    """$BRIDGE_KAFKA_VERSION, else the pinned DEFAULT_KAFKA_VERSION."""
+    return environ_value(KAFKA_VERSION_ENV) or DEFAULT_KAFKA_VERSION
+
+
+def absolute(path: Path) -> Path:
+    """``~`` expanded and made absolute: Maven and the JVM run in other directories."""
+    return path.expanduser().absolute()
+
+
+def find_tool(name: str, explicit: str | None, *, home_env: str, what: str, install: str) -> str:
+    """The path of ``name``: ``explicit``, else ``$<home_env>/bin/<name>``, else the PATH.
+
+    The error names every way to provide it, for a user who has it somewhere else.
+    """
+    home = os.environ.get(home_env)
+    candidate = explicit or (str(Path(home) / "bin" / name) if home else name)
+    if found := shutil.which(candidate):
+        return found
+    origin = "" if explicit or not home else f" from {home_env}={home}"
+    raise LocalKafkaError(
+        f"{what} ({candidate!r}{origin}) was not found: install {install}, set {home_env} "
+        f"to its installation directory, or pass the executable with --{name} PATH"
+    )
+
+
+def find_mvn(mvn: str | None = None) -> str:
+    """Maven: ``mvn``, else $MAVEN_HOME/bin/mvn, else mvn on the PATH."""
+    return find_tool(
+        "mvn",
+        mvn,
+        home_env="MAVEN_HOME",
+        what="Maven",
+        install="Maven 3.6+ (`apt-get install maven`)",
+    )
 
 
 def libs_dir(cache_dir: Path, version: str) -> Path:
@@ -97,49 +169,104 @@ def libs_dir(cache_dir: Path, version: str) -> Path:
     return cache_dir / "kafka" / version / "libs"
 
 
-async def ensure_jars(version: str, cache_dir: Path | None = None, *, mvn: str = "mvn") -> Path:
+async def ensure_jars(
+    version: str, cache_dir: Path | None = None, *, mvn: str | None = None
+) -> Path:
     """Return the directory holding Kafka ``version``'s jars, resolving them with Maven once.
 
     The ``complete`` marker is written only after a successful copy, so a cached version
-    never runs Maven again; a file lock keeps concurrent first runs from racing.
+    never runs Maven again; a file lock keeps concurrent first runs from racing. A failed
+    run leaves nothing behind (no lock, no staging directory).
     """
     check_version(version)
-    libs = libs_dir(cache_dir or default_cache_dir(), version)
+    libs = libs_dir(absolute(cache_dir or default_cache_dir()), version)
     marker = libs.parent / "complete"
     if marker.exists():
         return libs
-    async with _file_lock(libs.parent / "lock"):
-        if not marker.exists():
-            await _resolve_jars(version, libs, mvn)
-            jars = sorted(libs.glob("*.jar"))
-            marker.write_text(f"{len(jars)} jars, {sum(j.stat().st_size for j in jars)} bytes\n")
-            log.info("cached %d Kafka %s jars in %s", len(jars), version, libs)
+    try:
+        async with _file_lock(libs.parent / "lock"):
+            if not marker.exists():
+                await _resolve_jars(version, libs, mvn)
+                jars = sorted(libs.glob("*.jar"))
+                total = sum(j.stat().st_size for j in jars)
+                marker.write_text(f"{len(jars)} jars, {total} bytes\n")
+                log.info("cached %d Kafka %s jars in %s", len(jars), version, libs)
+    finally:
+        with contextlib.suppress(OSError):  # only when empty: a failure leaves nothing
+            libs.parent.rmdir()
     return libs
 
 
 @contextlib.asynccontextmanager
 async def _file_lock(path: Path) -> AsyncIterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                log.debug("waiting for another process to finish resolving into %s", path.parent)
-                await asyncio.sleep(0.5)
-        yield
+    """An exclusive flock on ``path``, removed again on exit.
+
+    Removing a lock file races with a process that opened it just before: after locking,
+    check that the path still names the file we hold, and start over when it does not.
+    """
+    while True:
+        handle = _open_lock(path)
+        try:
+            await _flock(handle, path)
+            if _same_file(handle.fileno(), path):
+                try:
+                    yield
+                finally:
+                    _unlink(path)
+                return
+        finally:
+            handle.close()
 
 
-async def _resolve_jars(version: str, libs: Path, mvn: str) -> None:
-    mvn_path = shutil.which(mvn)
-    if mvn_path is None:
+def _open_lock(path: Path) -> Any:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("a")
+    except OSError as exc:
         raise LocalKafkaError(
-            f"Maven ({mvn!r}) was not found and the Kafka {version} jars are not cached in {libs}: "
-            "install Maven 3.6+ (e.g. `apt-get install maven`) or pass the path of mvn"
-        )
+            f"the jar cache {path.parent.parent.parent} is not usable ({exc.strerror}): pass "
+            f"--cache-dir DIR or set {CACHE_DIR_ENV} to a writable directory"
+        ) from None
+
+
+async def _flock(handle: Any, path: Path) -> None:
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            log.debug("waiting for another process to finish resolving into %s", path.parent)
+            await asyncio.sleep(0.5)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+async def _resolve_jars(version: str, libs: Path, mvn: str | None) -> None:
+    try:
+        mvn_path = find_mvn(mvn)
+    except LocalKafkaError as exc:
+        raise LocalKafkaError(
+            f"{exc} (the Kafka {version} jars are not cached in {libs})"
+        ) from None
     staging = _fresh_staging(libs)
-    argv = _maven_argv(mvn_path, version, staging)
+    try:
+        await _run_maven(mvn_path, version, staging)
+        (staging / "libs").rename(libs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+async def _run_maven(mvn: str, version: str, staging: Path) -> None:
+    argv = _maven_argv(mvn, version, staging)
     log.info("resolving Kafka %s from Maven Central (first use of this version)", version)
     code, output = await run_command(argv, MAVEN_TIMEOUT_S, what="Maven", cwd=staging)
     if code != 0 or not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
@@ -149,8 +276,6 @@ async def _resolve_jars(version: str, libs: Path, mvn: str) -> None:
             "the mirror in ~/.m2/settings.xml, is reachable; then retry",
             log_tail=last_lines(output),
         )
-    (staging / "libs").rename(libs)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fresh_staging(libs: Path) -> Path:

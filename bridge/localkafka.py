@@ -28,15 +28,24 @@ from aiokafka.errors import KafkaError
 from bridge.errors import LocalKafkaError
 from bridge.kafkajars import (
     DEFAULT_KAFKA_VERSION,
+    absolute,
     check_version,
     default_cache_dir,
+    default_kafka_version,
     ensure_jars,
+    find_tool,
     last_lines,
     logging_backend,
     run_command,
 )
 
-__all__ = ["DEFAULT_KAFKA_VERSION", "LocalKafka", "broker_config", "new_cluster_id"]
+__all__ = [
+    "DEFAULT_KAFKA_VERSION",
+    "LocalKafka",
+    "broker_config",
+    "default_kafka_version",
+    "new_cluster_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +148,27 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _find_java(java: str) -> str:
-    path = shutil.which(java)
-    if path is None:
-        raise LocalKafkaError(
-            f"Java ({java!r}) was not found: install a JDK or JRE 17+ "
-            "(e.g. `apt-get install openjdk-17-jre-headless`) or pass the path of java"
-        )
-    return path
+def _find_java(java: str | None) -> str:
+    return find_tool(
+        "java",
+        java,
+        home_env="JAVA_HOME",
+        what="Java",
+        install="a JDK or JRE 17+ (`apt-get install openjdk-17-jre-headless`)",
+    )
+
+
+def _check_port(port: int | None) -> int | None:
+    """None and 0 both mean "a free port"; anything else must be a TCP port."""
+    if port is not None and not 0 <= port <= 65535:
+        raise LocalKafkaError(f"port {port} is not a TCP port: give 1-65535, or 0 for a free one")
+    return port or None
+
+
+def _read_port(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text())
+    return None
 
 
 def _parent_death_hook() -> Callable[[], None] | None:
@@ -237,11 +259,17 @@ class _State(enum.Enum):
 
 
 class LocalKafka:
-    """One single-node KRaft broker process on loopback, with a private temp data dir.
+    """One single-node KRaft broker process on loopback.
 
-    Single use: ``start()`` (or ``async with``) resolves the jars (cached per version),
-    formats the storage, spawns the JVM and waits until a metadata request succeeds;
-    ``stop()`` shuts it down and deletes the data. The JVM dies with this process.
+    ``start()`` (or ``async with``) resolves the jars (cached per version), formats the
+    storage, spawns the JVM and waits until a metadata request succeeds; ``stop()`` shuts
+    it down. The JVM dies with this process.
+
+    Without ``data_dir`` the broker lives in a private temp dir that ``stop()`` deletes,
+    and the object is single use. With ``data_dir`` its files live there and survive
+    ``stop()``: ``start()`` may then be called again (or a new LocalKafka given the same
+    ``data_dir`` and ``port``) and the broker comes back on the same port with its topics
+    and records, as a restarted production broker would.
     """
 
     def __init__(
@@ -250,15 +278,17 @@ class LocalKafka:
         *,
         cache_dir: Path | None = None,
         port: int | None = None,
+        data_dir: Path | None = None,
         heap_mb: int = 512,
         startup_timeout_s: float = 120.0,
-        java: str = "java",
-        mvn: str = "mvn",
+        java: str | None = None,
+        mvn: str | None = None,
     ) -> None:
         check_version(version)
         self.version = version
-        self.cache_dir = cache_dir or default_cache_dir()
-        self._port = port
+        self.cache_dir = absolute(cache_dir or default_cache_dir())
+        self.data_dir = absolute(data_dir) if data_dir is not None else None
+        self._port = _check_port(port)
         self._heap_mb = heap_mb
         self._startup_timeout_s = startup_timeout_s
         self._java = java
@@ -307,9 +337,16 @@ class LocalKafka:
         await self.stop()
 
     async def start(self) -> str:
-        """Resolve, format, spawn and wait until ready; return the bootstrap address."""
-        if self._state is not _State.NEW:
-            raise LocalKafkaError(f"{self!r} was already started; create a new LocalKafka")
+        """Resolve, format (first time only), spawn and wait until ready; return the bootstrap.
+
+        Again after ``stop()`` only with a ``data_dir``: same port, same data.
+        """
+        restartable = self._state is _State.STOPPED and self.data_dir is not None
+        if self._state is not _State.NEW and not restartable:
+            raise LocalKafkaError(
+                f"{self!r} was already started; create a new LocalKafka "
+                "(or give it a data_dir to stop and start it again)"
+            )
         self._state = _State.RUNNING
         try:
             return await self._start()
@@ -327,9 +364,12 @@ class LocalKafka:
         java = _find_java(self._java)
         port = self._client_port()
         libs = await ensure_jars(self.version, self.cache_dir, mvn=self._mvn)
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"dli-bridge-kafka-{self.version}-"))
-        config = self._write_config(port, _free_port())
-        await self._format(java, libs, config)
+        self._workdir = self._make_workdir()
+        config = self._write_config(port, self._controller_port())
+        if not (self._workdir / "data" / "meta.properties").exists():
+            await self._format(java, libs, config)
+        if self.data_dir is not None:  # a restart comes back where clients expect it
+            self._port = port
         began = time.monotonic()
         self._proc = _spawn(
             [java, *self._jvm_args(libs, self._heap_mb), "kafka.Kafka", str(config)],
@@ -352,6 +392,26 @@ class LocalKafka:
         if self._workdir is None:
             raise LocalKafkaError(f"{self!r} has no files: start() it first")
         return self._workdir
+
+    def _make_workdir(self) -> Path:
+        if self.data_dir is None:
+            return Path(tempfile.mkdtemp(prefix=f"dli-bridge-kafka-{self.version}-"))
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalKafkaError(
+                f"the Kafka data dir {self.data_dir} is not usable ({exc.strerror}): "
+                "give a writable directory"
+            ) from None
+        return self.data_dir
+
+    def _controller_port(self) -> int:
+        """A free port; with a data_dir the one used before, when it is still free."""
+        saved = self._dir() / "controller.port"
+        previous = _read_port(saved) if self.data_dir is not None else None
+        port = previous if previous and _port_is_free(previous) else _free_port()
+        saved.write_text(f"{port}\n")
+        return port
 
     def _client_port(self) -> int:
         if self._port is None:
@@ -445,13 +505,17 @@ class LocalKafka:
         try:
             if proc is not None:
                 await _terminate(proc, grace_s)
-                log.info(
-                    "Kafka %s (pid %d) stopped with status %s",
-                    self.version,
-                    proc.pid,
-                    proc.returncode,
-                )
+                self._log_exit(proc.pid, proc.returncode, asked=grace_s > 0)
         finally:
-            if self._workdir is not None:
+            if self._workdir is not None and self.data_dir is None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self._state = _State.STOPPED
+
+    def _log_exit(self, pid: int, code: int | None, *, asked: bool) -> None:
+        # the JVM answers SIGTERM with its shutdown hooks and then exits 143 (128 + 15)
+        if not asked:
+            log.info("Kafka %s (pid %d) killed", self.version, pid)
+        elif code in (0, 128 + signal.SIGTERM, -signal.SIGTERM):
+            log.info("Kafka %s (pid %d) stopped", self.version, pid)
+        else:
+            log.warning("Kafka %s (pid %d) ended with exit status %s", self.version, pid, code)

@@ -9,6 +9,10 @@ from typing import Any, Literal
 
 import orjson
 
+from bridge.errors import ConfigError
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 LogFormat = Literal["json", "plain", "auto"]
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is emitted.
@@ -33,6 +37,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str = "INFO", fmt: LogFormat = "auto", *, is_tty: bool = False) -> None:
     """Install the root handler on stderr; ``auto`` means plain on a terminal, JSON otherwise."""
+    if level.upper() not in LEVELS:
+        raise ConfigError(f"log level {level!r} is unknown: use one of {', '.join(LEVELS)}")
     use_json = fmt == "json" or (fmt == "auto" and not is_tty)
     formatter: dict[str, Any] = (
         {"()": JsonFormatter}

@@ -403,6 +403,10 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     http: HttpSettings = HttpSettings()
 
+    def masked_json(self) -> str:
+        """The effective configuration as indented JSON; every secret reads ``**********``."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode()
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, toml_path: str | Path | None = None

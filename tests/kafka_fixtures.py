@@ -20,8 +20,17 @@ _GROUP, _TRANSACTION = 0, 1
 
 
 def kafka_version() -> str:
-    """The Kafka version local brokers run: ``DLI_BRIDGE_KAFKA_VERSION``, else the pinned one."""
-    return os.environ.get("DLI_BRIDGE_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
+    """The Kafka version local brokers run: ``BRIDGE_KAFKA_VERSION``, else the pinned one.
+
+    The deprecated ``DLI_BRIDGE_KAFKA_VERSION`` still counts, without the warning the
+    product gives (pytest turns warnings into errors, and this is not the product).
+    """
+    env = os.environ
+    return (
+        env.get("BRIDGE_KAFKA_VERSION")
+        or env.get("DLI_BRIDGE_KAFKA_VERSION")
+        or DEFAULT_KAFKA_VERSION
+    )
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +38,7 @@ def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a real broker, shared by the whole session.
 
     ``KAFKA_BOOTSTRAP_SERVERS`` points the tests at an existing cluster; otherwise a local
-    broker starts (version from ``DLI_BRIDGE_KAFKA_VERSION``, default the pinned one). It
+    broker starts (version from ``BRIDGE_KAFKA_VERSION``, default the pinned one). It
     runs in a private event loop: pytest-asyncio owns the global one, and the JVM outlives
     every test loop anyway.
     """

@@ -4,8 +4,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import orjson
 import pytest
 
 from bridge import __version__, cli
@@ -92,3 +95,152 @@ async def test_serve_until_signalled_propagates_other_cancellation():
     assert resource.events == ["enter", "exit"]
     # the handlers are gone: SIGTERM's disposition is back to the default
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# --- edges a newcomer hit: one clear line and exit status 2, never a traceback ----------------
+
+
+def test_unknown_log_level_is_refused_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--log-level", "BOGUS", "check-config", "x.toml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --log-level: invalid choice: 'BOGUS'" in err
+    assert "'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'" in err
+    assert "Traceback" not in err
+
+
+def test_log_level_is_case_insensitive(tmp_path, capsys):
+    assert cli.main(["--log-level", "debug", "check-config", str(tmp_path / "absent")]) == 2
+
+
+@pytest.mark.parametrize("port", ["-1", "70000", "65536", "http"])
+def test_local_kafka_port_out_of_range_is_refused(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["local-kafka", "--port", port])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --port: '{port}' is not a port: give a number from 0 to 65535" in err
+    assert "Traceback" not in err
+
+
+def test_port_number_accepts_the_whole_range():
+    assert [cli.port_number(p) for p in ("0", "1", "65535")] == [0, 1, 65535]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(["--log-format", "plain", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_local_kafka_names_supported_versions(capsys):
+    code, _, err = run_cli(["local-kafka", "--kafka-version", "2.7.2"], capsys)
+    assert code == 2
+    assert err.startswith("dli-bridge local-kafka: Kafka 2.7.2 is not supported: ")
+    assert "3.3 or newer" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_local_kafka_unusable_cache_dir_says_how_to_fix_it(kind, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cache = a_file if kind == "file" else Path("/proc/dli-bridge-cache")
+    argv = ["local-kafka", "--kafka-version", "3.9.999", "--cache-dir", str(cache)]
+    code, _, err = run_cli([*argv, "--java", sys.executable], capsys)
+    assert code == 2
+    assert err.startswith(f"dli-bridge local-kafka: the jar cache {cache} is not usable (")
+    assert "pass --cache-dir DIR or set BRIDGE_CACHE_DIR" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_local_kafka_missing_java_says_how_to_pass_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    argv = ["local-kafka", "--java", "/nonexistent/java", "--cache-dir", str(tmp_path)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert "Java ('/nonexistent/java') was not found: install a JDK" in err
+    assert "set JAVA_HOME to its installation directory, or pass the executable with --java" in err
+
+
+# --- check-config ------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-never-printed"
+
+GOOD_CONFIG = f"""\
+[api]
+endpoint = "http://127.0.0.1:8780"
+[auth]
+mode = "aksk"
+ak = "AKID"
+sk = "{SECRET}"
+[projects]
+discover = true
+[kafka]
+security_protocol = "SASL_SSL"
+sasl_mechanism = "PLAIN"
+sasl_username = "bridge"
+sasl_password = "{SECRET}"
+"""
+
+
+@pytest.fixture
+def no_bridge_env(monkeypatch):
+    """check-config reads the process environment too; the caller's must not leak in."""
+    for name in list(os.environ):
+        if name.upper().startswith("BRIDGE_"):
+            monkeypatch.delenv(name)
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(
+    tmp_path, capsys, no_bridge_env
+):
+    path = tmp_path / "bridge.toml"
+    path.write_text(GOOD_CONFIG)
+    code, out, err = run_cli(["check-config", str(path)], capsys)
+    assert code == 0, err
+    effective = orjson.loads(out)
+    assert effective["projects"] == {"ids": [], "discover": True}
+    assert effective["polling"]["interval_s"] == 30.0
+    assert effective["kafka"]["topics"]["events"] == "dli.jobs.events"
+    assert effective["auth"]["sk"] == "**********"
+    assert effective["kafka"]["sasl_password"] == "**********"
+    assert SECRET not in out + err
+
+
+def test_check_config_environment_wins_over_the_file(tmp_path, capsys, no_bridge_env, monkeypatch):
+    path = tmp_path / "bridge.toml"
+    path.write_text(GOOD_CONFIG)
+    monkeypatch.setenv("BRIDGE_KAFKA__TOPICS__EVENTS", "mine")
+    code, out, _ = run_cli(["check-config", str(path)], capsys)
+    assert code == 0
+    assert orjson.loads(out)["kafka"]["topics"]["events"] == "mine"
+
+
+def test_check_config_reports_every_mistake_at_once_without_secrets(
+    tmp_path, capsys, no_bridge_env
+):
+    path = tmp_path / "bridge.toml"
+    broken = (
+        GOOD_CONFIG.replace("discover = true", 'ids = ["p-1"]\ndiscover = true')
+        .replace("[kafka]", "[kafka]\npartitions = 0")
+        .replace('endpoint = "http', 'request_timeout_s = true\nendpoint = "http')
+    )
+    path.write_text(broken)
+    code, out, err = run_cli(["check-config", str(path)], capsys)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("dli-bridge check-config: invalid configuration\n")
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 3, err
+    assert "  - api.request_timeout_s: must be a number, not true" in problems
+    assert "  - projects: set either ids or discover = true, not both" in problems
+    assert any(p.startswith("  - kafka.partitions: ") for p in problems)
+    assert SECRET not in out + err
+
+
+def test_check_config_missing_file_exits_2(tmp_path, capsys, no_bridge_env):
+    code, _, err = run_cli(["check-config", str(tmp_path / "absent.toml")], capsys)
+    assert code == 2
+    assert "absent.toml: not found" in err

@@ -11,31 +11,79 @@ import pytest
 from bridge import kafkajars
 from bridge.errors import LocalKafkaError
 from bridge.kafkajars import (
+    DEFAULT_KAFKA_VERSION,
     check_version,
     default_cache_dir,
+    default_kafka_version,
     ensure_jars,
+    find_mvn,
     libs_dir,
     logging_backend,
 )
+
+ENV_NAMES = (
+    "BRIDGE_CACHE_DIR",
+    "DLI_BRIDGE_CACHE_DIR",
+    "BRIDGE_KAFKA_VERSION",
+    "DLI_BRIDGE_KAFKA_VERSION",
+    "XDG_CACHE_HOME",
+    "JAVA_HOME",
+    "MAVEN_HOME",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No variable that steers the jar cache or the tools is inherited from the caller."""
+    monkeypatch.setenv("HOME", "/home/u")
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"DLI_BRIDGE_CACHE_DIR": "/c/mine", "XDG_CACHE_HOME": "/x"}, "/c/mine"),
+        ({"BRIDGE_CACHE_DIR": "/c/mine", "XDG_CACHE_HOME": "/x"}, "/c/mine"),
+        ({"BRIDGE_CACHE_DIR": "/c/new", "DLI_BRIDGE_CACHE_DIR": "/c/old"}, "/c/new"),
         ({"XDG_CACHE_HOME": "/x"}, "/x/dli-bridge"),
         ({"XDG_CACHE_HOME": "relative/ignored"}, "/home/u/.cache/dli-bridge"),
-        ({"DLI_BRIDGE_CACHE_DIR": "", "XDG_CACHE_HOME": ""}, "/home/u/.cache/dli-bridge"),
+        ({"BRIDGE_CACHE_DIR": "", "XDG_CACHE_HOME": ""}, "/home/u/.cache/dli-bridge"),
         ({}, "/home/u/.cache/dli-bridge"),
     ],
 )
-def test_default_cache_dir_follows_environment(monkeypatch, env, expected):
-    monkeypatch.setenv("HOME", "/home/u")
-    for name in ("DLI_BRIDGE_CACHE_DIR", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(name, raising=False)
+def test_default_cache_dir_follows_environment(clean_env, env, expected):
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        clean_env.setenv(name, value)
     assert default_cache_dir() == Path(expected)
+
+
+def test_relative_cache_dir_from_environment_is_made_absolute(clean_env, tmp_path):
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("BRIDGE_CACHE_DIR", "rel/cache")
+    assert default_cache_dir() == tmp_path / "rel" / "cache"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value", "read"),
+    [
+        ("DLI_BRIDGE_CACHE_DIR", "BRIDGE_CACHE_DIR", "/c/old", lambda: str(default_cache_dir())),
+        ("DLI_BRIDGE_KAFKA_VERSION", "BRIDGE_KAFKA_VERSION", "4.1.2", default_kafka_version),
+    ],
+)
+def test_old_environment_names_still_work_with_a_deprecation_warning(
+    clean_env, caplog, old, new, value, read
+):
+    clean_env.setenv(old, value)
+    with pytest.deprecated_call(match=f"{old} is deprecated .* set {new} instead"):
+        assert read() == value
+    assert f"set {new} instead" in caplog.text
+
+
+def test_default_kafka_version_is_pinned_unless_set(clean_env):
+    assert default_kafka_version() == DEFAULT_KAFKA_VERSION
+    clean_env.setenv("BRIDGE_KAFKA_VERSION", "4.1.2")
+    assert default_kafka_version() == "4.1.2"
 
 
 def test_libs_dir_is_per_version():
@@ -55,6 +103,20 @@ def test_check_version_returns_major_minor(version, line):
 def test_check_version_rejects_non_versions(version):
     with pytest.raises(LocalKafkaError, match="is not a Kafka version: give one like"):
         check_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.7.2", "3.2.3", "0.10.0", "1.1.1"])
+def test_check_version_rejects_kafka_without_the_kraft_storage_tool(version):
+    with pytest.raises(LocalKafkaError) as caught:
+        check_version(version)
+    message = str(caught.value)
+    assert message.startswith(f"Kafka {version} is not supported: ")
+    assert "3.3 or newer" in message
+    assert "\n" not in message
+
+
+def test_check_version_accepts_the_oldest_kraft_line():
+    assert check_version("3.3.0") == (3, 3)
 
 
 @pytest.mark.parametrize(
@@ -84,12 +146,17 @@ def test_pom_ships_both_logging_profiles():
 FAKE_MVN = """\
 #!/bin/sh
 echo "$@" >> "{calls}"
+pom=
 for arg in "$@"; do
+  [ "$pom" = next ] && pom="$arg"
   case "$arg" in
+    -f) pom=next ;;
     -DoutputDirectory=*) out="${{arg#-DoutputDirectory=}}" ;;
     -Dkafka.version=*) version="${{arg#-Dkafka.version=}}" ;;
   esac
 done
+# as Maven does: -f is read relative to the working directory (the staging dir)
+[ -f "$pom" ] || {{ echo "[ERROR] The specified user settings file does not exist: $pom"; exit 1; }}
 sleep 0.3
 if [ "{fail}" = yes ]; then echo "[ERROR] Could not find artifact kafka_2.13:$version"; exit 1; fi
 mkdir -p "$out" && echo jar > "$out/kafka_2.13-$version.jar"
@@ -136,18 +203,86 @@ async def test_ensure_jars_runs_maven_in_batch_mode_with_the_version_profile(
     assert "dependency:copy-dependencies" in args
 
 
-async def test_failed_resolution_writes_no_marker_and_retries_next_time(tmp_path):
+async def test_failed_resolution_leaves_nothing_behind_and_retries_next_time(tmp_path):
     failing, calls = fake_mvn(tmp_path, fail=True)
     cache = tmp_path / "cache"
     with pytest.raises(LocalKafkaError, match=r"Maven could not resolve Kafka 3\.9\.2") as caught:
         await ensure_jars("3.9.2", cache, mvn=failing)
     assert "Could not find artifact kafka_2.13:3.9.2" in caught.value.log_tail
-    assert not (libs_dir(cache, "3.9.2").parent / "complete").exists()
+    assert not libs_dir(cache, "3.9.2").parent.exists()  # no lock, staging or marker
     assert len(calls.read_text().splitlines()) == 1
 
     (tmp_path / "fixed").mkdir()
     working, _ = fake_mvn(tmp_path / "fixed")
     assert (await ensure_jars("3.9.2", cache, mvn=working)).is_dir()
+
+
+async def test_success_leaves_only_jars_and_marker(tmp_path):
+    mvn, _ = fake_mvn(tmp_path)
+    libs = await ensure_jars("3.9.2", tmp_path / "cache", mvn=mvn)
+    assert sorted(p.name for p in libs.parent.iterdir()) == ["complete", "libs"]
+
+
+async def test_relative_cache_dir_works(tmp_path, monkeypatch):
+    """Maven runs in the staging dir: every path it gets must be absolute."""
+    mvn, _ = fake_mvn(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    libs = await ensure_jars("3.9.2", Path("rel-cache"), mvn=mvn)
+    assert libs == tmp_path / "rel-cache" / "kafka" / "3.9.2" / "libs"
+    assert (libs / "kafka_2.13-3.9.2.jar").is_file()
+
+
+@pytest.mark.parametrize("kind", ["file", "under a file", "unwritable"])
+async def test_unusable_cache_dir_says_how_to_choose_another(tmp_path, kind):
+    (tmp_path / "a-file").write_text("x")
+    cache = {
+        "file": tmp_path / "a-file",
+        "under a file": tmp_path / "a-file" / "cache",
+        "unwritable": Path("/proc/dli-bridge-cache"),  # root ignores file modes; /proc does not
+    }[kind]
+    mvn, calls = fake_mvn(tmp_path)
+    with pytest.raises(LocalKafkaError) as caught:
+        await ensure_jars("3.9.2", cache, mvn=mvn)
+    message = str(caught.value)
+    assert message.startswith(f"the jar cache {cache} is not usable (")
+    assert "pass --cache-dir DIR or set BRIDGE_CACHE_DIR to a writable directory" in message
+    assert not calls.exists()
+
+
+def maven_home(tmp_path: Path) -> tuple[Path, Path]:
+    """A MAVEN_HOME whose bin/mvn is the stand-in; returns it and the stand-in's call log."""
+    home = tmp_path / "maven"
+    (home / "bin").mkdir(parents=True)
+    script, calls = fake_mvn(tmp_path)
+    Path(script).rename(home / "bin" / "mvn")
+    return home, calls
+
+
+async def test_maven_home_is_honoured(clean_env, tmp_path):
+    home, calls = maven_home(tmp_path)
+    clean_env.setenv("MAVEN_HOME", str(home))
+    assert (await ensure_jars("3.9.2", tmp_path / "cache")).is_dir()
+    assert calls.exists()
+
+
+@pytest.mark.parametrize(
+    ("explicit", "home", "shown"),
+    [
+        ("/nonexistent/mvn", None, "Maven ('/nonexistent/mvn') was not found: install Maven"),
+        (None, "/nonexistent", "Maven ('/nonexistent/bin/mvn' from MAVEN_HOME=/nonexistent)"),
+    ],
+)
+def test_missing_maven_names_every_way_to_provide_it(clean_env, explicit, home, shown):
+    if home:
+        clean_env.setenv("MAVEN_HOME", home)
+    with pytest.raises(LocalKafkaError) as caught:
+        find_mvn(explicit)
+    message = str(caught.value)
+    assert message.startswith(shown)
+    assert (
+        "set MAVEN_HOME to its installation directory, or pass the executable with --mvn PATH"
+        in message
+    )
 
 
 async def test_real_maven_failure_names_the_fix_and_carries_maven_output(tmp_path):
@@ -159,10 +294,10 @@ async def test_real_maven_failure_names_the_fix_and_carries_maven_output(tmp_pat
     offline.chmod(0o755)
 
     with pytest.raises(LocalKafkaError) as caught:
-        await ensure_jars("0.0.1-nonexistent", tmp_path / "cache", mvn=str(offline))
+        await ensure_jars("3.9.999-nonexistent", tmp_path / "cache", mvn=str(offline))
 
     message = str(caught.value)
-    assert "Maven could not resolve Kafka 0.0.1-nonexistent" in message
+    assert "Maven could not resolve Kafka 3.9.999-nonexistent" in message
     assert "check that the version exists on Maven Central" in message
     assert "[ERROR]" in caught.value.log_tail
     assert "\x1b[" not in caught.value.log_tail

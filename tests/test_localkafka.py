@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.errors import LocalKafkaError
@@ -62,16 +63,43 @@ def test_new_cluster_id_is_22_url_safe_characters_not_starting_with_dash():
 async def test_start_fails_when_java_is_missing(tmp_path):
     kafka = LocalKafka(java="/nonexistent/java", cache_dir=tmp_path)
     with pytest.raises(
-        LocalKafkaError, match=r"Java \('/nonexistent/java'\) was not found: install"
+        LocalKafkaError, match=r"Java \('/nonexistent/java'\) was not found: install .* --java PATH"
     ):
         await kafka.start()
     assert "stopped" in repr(kafka)
 
 
+async def test_java_home_is_honoured_and_named_when_wrong(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    kafka = LocalKafka(cache_dir=tmp_path)
+    with pytest.raises(LocalKafkaError) as caught:
+        await kafka.start()
+    message = str(caught.value)
+    assert message.startswith(f"Java ('{tmp_path}/jdk/bin/java' from JAVA_HOME={tmp_path}/jdk)")
+    assert "set JAVA_HOME to its installation directory" in message
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_port_out_of_range_is_refused_at_construction(port):
+    with pytest.raises(LocalKafkaError, match=f"port {port} is not a TCP port: give 1-65535"):
+        LocalKafka(port=port)
+
+
+def test_relative_cache_and_data_dirs_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kafka = LocalKafka(cache_dir=Path("cache"), data_dir=Path("data"))
+    assert (kafka.cache_dir, kafka.data_dir) == (tmp_path / "cache", tmp_path / "data")
+
+
+def test_unsupported_version_is_refused_at_construction():
+    with pytest.raises(LocalKafkaError, match=r"Kafka 2\.7\.2 is not supported: .* 3\.3 or newer"):
+        LocalKafka("2.7.2")
+
+
 async def test_start_fails_when_mvn_is_missing_and_cache_is_empty(tmp_path):
     kafka = LocalKafka(mvn="/nonexistent/mvn", cache_dir=tmp_path)
     with pytest.raises(
-        LocalKafkaError, match=r"Maven \('/nonexistent/mvn'\) was not found .* install"
+        LocalKafkaError, match=r"Maven \('/nonexistent/mvn'\) was not found: install .* --mvn PATH"
     ):
         await kafka.start()
 
@@ -275,3 +303,69 @@ async def test_cli_rejects_a_bad_version_with_exit_status_2():
         _, err = await cli.communicate()
     assert cli.returncode == 2
     assert b"'latest' is not a Kafka version" in err
+
+
+# --- restart on the same port and data (the engine's broker-outage test needs it) -------------
+
+
+async def read_all(bootstrap: str, topic: str, count: int) -> list[bytes | None]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    values: list[bytes | None] = []
+    await consumer.start()
+    try:
+        async with asyncio.timeout(60.0):
+            while len(values) < count:
+                batches = await consumer.getmany(timeout_ms=1000)
+                values += [record.value for records in batches.values() for record in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+@pytest.mark.integration
+async def test_broker_restarts_on_the_same_port_with_its_topics_and_records(
+    jars, tmp_path, topic_name, caplog
+):
+    caplog.set_level(logging.INFO, logger="bridge.localkafka")
+    data_dir = tmp_path / "broker"
+    kafka = LocalKafka(kafka_version(), data_dir=data_dir)
+    again: LocalKafka | None = None
+    try:
+        bootstrap = await kafka.start()
+        await create_topic(bootstrap, topic_name)
+        async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
+            await producer.send_and_wait(topic_name, b"before-1")
+            await producer.send_and_wait(topic_name, b"before-2")
+
+        await kafka.stop()
+        assert "stopped" in caplog.text
+        assert "143" not in caplog.text
+        assert all(r.levelno == logging.INFO for r in caplog.records if "pid" in r.getMessage())
+        assert (data_dir / "data" / "meta.properties").is_file()
+
+        # the same object starts again ...
+        assert await kafka.start() == bootstrap
+        async with AIOKafkaProducer(bootstrap_servers=bootstrap) as producer:
+            await producer.send_and_wait(topic_name, b"after-1")
+        await kafka.stop()
+
+        # ... and so does a new one given the same port and data dir
+        port = int(bootstrap.rpartition(":")[2])
+        again = LocalKafka(kafka_version(), port=port, data_dir=data_dir)
+        assert await again.start() == bootstrap
+        assert await read_all(bootstrap, topic_name, 3) == [b"before-1", b"before-2", b"after-1"]
+    finally:
+        await kafka.stop()
+        if again is not None:
+            await again.stop()
+    assert data_dir.is_dir()  # a given data dir is the caller's: never deleted
+
+
+async def test_without_data_dir_a_stopped_broker_cannot_start_again(tmp_path):
+    kafka = LocalKafka(java="/nonexistent/java", cache_dir=tmp_path)
+    with pytest.raises(LocalKafkaError):
+        await kafka.start()
+    with pytest.raises(LocalKafkaError, match="give it a data_dir to stop and start it again"):
+        await kafka.start()

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from bridge import logs
+from bridge.errors import ConfigError
 
 
 def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -57,3 +58,14 @@ def test_configure_picks_json_or_plain(fmt, is_tty, json_expected, monkeypatch):
     assert out.startswith("{") is json_expected
     if json_expected:
         assert orjson.loads(out)["level"] == "debug"
+
+
+@pytest.mark.parametrize("level", ["BOGUS", "", "verbose"])
+def test_configure_refuses_an_unknown_level_naming_the_choices(level):
+    with pytest.raises(ConfigError, match=r"log level .* is unknown: use one of DEBUG, INFO"):
+        logs.configure(level)
+
+
+def test_configure_accepts_every_level_in_any_case():
+    for level in (*logs.LEVELS, "debug", "Warning"):
+        logs.configure(level, "plain")
