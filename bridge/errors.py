@@ -5,6 +5,8 @@ BridgeError                      root: catch this to catch anything of ours
 ├── ConfigError                  fatal: fix the configuration and start again
 ├── LocalKafkaError              fatal: the local broker could not be provided (java/mvn
 │                                missing, Maven resolution failed, port taken, not ready)
+├── MembershipError              fatal: the consumer group refused this member for good
+│                                (authorization, invalid session timeout, coordination died)
 ├── SinkError                    retryable: a Kafka write, restore or admin call failed; the
 │   │                            shard's writer is broken: close_shard, then open_shard again
 │   ├── SinkUnavailable          the broker cannot be reached or did not answer in time
@@ -43,6 +45,7 @@ __all__ = [
     "JobNotFound",
     "LocalKafkaError",
     "MalformedResponse",
+    "MembershipError",
     "ProducerFencedError",
     "RateLimited",
     "RetryableApiError",
@@ -110,6 +113,10 @@ class ProducerFencedError(SinkError):
     or the broker aborted a transaction that outlived its timeout. Fatal for that producer."""
 
     retryable: ClassVar[bool] = False
+
+
+class MembershipError(BridgeError):
+    """This instance cannot stay in the consumer group that assigns shards; restart it."""
 
 
 class ApiErrorContext(TypedDict, total=False):
