@@ -140,6 +140,37 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- schemas (owner: schemas) ---------------------------------------------------------------
+
+
+def _add_schemas(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "schemas",
+        help="write or check the JSON Schema files of what the bridge publishes",
+        description="export: write schemas/<name>/v<N>.json from the wire models. check: exit "
+        "0 when every file equals what the models produce, else 1 naming each drifted file.",
+    )
+    p.add_argument("action", choices=["export", "check"])
+    p.add_argument("--dir", default="schemas", help="schema directory (default: ./schemas)")
+    p.set_defaults(func=_cmd_schemas)
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bridge import schemas
+
+    root = Path(args.dir)
+    if args.action == "export":
+        for path in schemas.export(root):
+            print(path)
+        return 0
+    problems = schemas.check(root)
+    for problem in problems:
+        print(f"dli-bridge schemas check: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 # --- simulate (owner: simulator) -----------------------------------------------------------
 
 
@@ -376,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_kafka(sub)
     _add_check_config(sub)
     _add_simulate(sub)
+    _add_schemas(sub)
     return parser
 
 

@@ -207,11 +207,15 @@ def _walk(
     old: JsonDict, new: JsonDict, old_root: JsonDict, new_root: JsonDict, at: str, seen: set[str]
 ) -> Iterator[str]:
     old, new = _deref(old, old_root), _deref(new, new_root)
-    if (marker := f"{at}|{id(old)}|{id(new)}") in seen:
+    if (marker := f"{id(old)}|{id(new)}") in seen:  # each pair once: recursive $refs end
         return
     seen.add(marker)
     where = at or "/"
-    yield from _types(old, new, where)
+    yield from _types(_type_set(old, old_root), _type_set(new, new_root), where)
+    if _alternatives(old) or _alternatives(new):
+        for old_branch, new_branch in _branches(old, new, old_root, new_root):
+            yield from _walk(old_branch, new_branch, old_root, new_root, at, seen)
+        return
     yield from _enum(old, new, where)
     yield from _constraints(old, new, where)
     yield from _required(old, new, where)
@@ -222,8 +226,6 @@ def _walk(
             yield from _walk(old_sub, new_sub, old_root, new_root, f"{at}/{name}", seen)
     if isinstance(old.get("items"), dict) and isinstance(new.get("items"), dict):
         yield from _walk(old["items"], new["items"], old_root, new_root, f"{at}/items", seen)
-    for old_branch, new_branch in _branches(old, new, old_root, new_root):
-        yield from _walk(old_branch, new_branch, old_root, new_root, at, seen)
 
 
 def _deref(node: JsonDict, root: JsonDict) -> JsonDict:
@@ -235,25 +237,30 @@ def _deref(node: JsonDict, root: JsonDict) -> JsonDict:
     return node
 
 
-def _type_set(node: JsonDict) -> set[str] | None:
+def _alternatives(node: JsonDict) -> list[JsonDict] | None:
+    branches = node.get("anyOf") or node.get("oneOf")
+    return branches if isinstance(branches, list) and branches else None
+
+
+def _type_set(node: JsonDict, root: JsonDict) -> set[str] | None:
     """The JSON types a node allows; None when it does not restrict them."""
+    node = _deref(node, root)
     if "type" in node:
         kind = node["type"]
         return {kind} if isinstance(kind, str) else set(kind)
-    branches = node.get("anyOf") or node.get("oneOf")
-    if not branches:
+    branches = _alternatives(node)
+    if branches is None:
         return None
     types: set[str] = set()
     for branch in branches:
-        branch_types = _type_set(branch)
+        branch_types = _type_set(branch, root)
         if branch_types is None:
             return None
         types |= branch_types
     return types
 
 
-def _types(old: JsonDict, new: JsonDict, where: str) -> Iterator[str]:
-    old_types, new_types = _type_set(old), _type_set(new)
+def _types(old_types: set[str] | None, new_types: set[str] | None, where: str) -> Iterator[str]:
     if new_types is None:
         return
     if old_types is None:
@@ -305,14 +312,10 @@ def _properties(old: JsonDict, new: JsonDict) -> Iterator[tuple[str, JsonDict, J
 def _branches(
     old: JsonDict, new: JsonDict, old_root: JsonDict, new_root: JsonDict
 ) -> Iterator[tuple[JsonDict, JsonDict]]:
-    """Pairs of anyOf/oneOf branches (or a bare node) that allow the same JSON type."""
-    old_list = old.get("anyOf") or old.get("oneOf")
-    new_list = new.get("anyOf") or new.get("oneOf")
-    if not old_list and not new_list:
-        return
-    olds = [_deref(b, old_root) for b in old_list or [old]]
-    news = [_deref(b, new_root) for b in new_list or [new]]
-    for old_branch in olds:
-        match = next((n for n in news if _type_set(n) == _type_set(old_branch)), None)
-        if match is not None and (old_branch is not old or match is not new):
+    """Pairs of anyOf/oneOf branches (or a bare node) that allow the same JSON types."""
+    news = [_deref(b, new_root) for b in _alternatives(new) or [new]]
+    for old_branch in (_deref(b, old_root) for b in _alternatives(old) or [old]):
+        old_types = _type_set(old_branch, old_root)
+        match = next((n for n in news if _type_set(n, new_root) == old_types), None)
+        if match is not None:
             yield old_branch, match
