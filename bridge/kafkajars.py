@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ from bridge.settings import CACHE_DIR_ENV, KAFKA_VERSION_ENV
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "LoggingBackend",
+    "Progress",
     "absolute",
     "check_version",
     "default_cache_dir",
@@ -56,6 +57,11 @@ _POM: Final = _RESOURCES.joinpath("kafka-pom.xml")
 _VERSION_RE: Final = re.compile(r"(\d+)\.(\d+)\.\d+(?:[.-][0-9A-Za-z]+)*")
 _ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")  # Maven 3.8 colours even with -B
 _TAIL_LINES: Final = 40
+_LINE_LIMIT: Final = 1 << 20  # asyncio's 64 KiB default could split a long Maven line
+# Batch-mode Maven (-B) without -ntp logs one such line per fetched file.
+_DOWNLOADED_RE: Final = re.compile(r"Downloaded from [^:]+: \S*/([^/\s]+\.jar)\b")
+
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -170,13 +176,19 @@ def libs_dir(cache_dir: Path, version: str) -> Path:
 
 
 async def ensure_jars(
-    version: str, cache_dir: Path | None = None, *, mvn: str | None = None
+    version: str,
+    cache_dir: Path | None = None,
+    *,
+    mvn: str | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Return the directory holding Kafka ``version``'s jars, resolving them with Maven once.
 
     The ``complete`` marker is written only after a successful copy, so a cached version
     never runs Maven again; a file lock keeps concurrent first runs from racing. A failed
-    run leaves nothing behind (no lock, no staging directory).
+    run leaves nothing behind (no lock, no staging directory). ``progress`` receives one
+    line per step of a first-time resolution, e.g. "resolving Kafka 3.9.2: 12 jars
+    downloaded (kafka-clients-3.9.2.jar)", for a user watching a minutes-long first start.
     """
     check_version(version)
     libs = libs_dir(absolute(cache_dir or default_cache_dir()), version)
@@ -186,11 +198,11 @@ async def ensure_jars(
     try:
         async with _file_lock(libs.parent / "lock"):
             if not marker.exists():
-                await _resolve_jars(version, libs, mvn)
+                await _resolve_jars(version, libs, mvn, progress)
                 jars = sorted(libs.glob("*.jar"))
                 total = sum(j.stat().st_size for j in jars)
                 marker.write_text(f"{len(jars)} jars, {total} bytes\n")
-                log.info("cached %d Kafka %s jars in %s", len(jars), version, libs)
+                _report(progress, f"cached {len(jars)} Kafka {version} jars in {libs}")
     finally:
         with contextlib.suppress(OSError):  # only when empty: a failure leaves nothing
             libs.parent.rmdir()
@@ -250,7 +262,9 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-async def _resolve_jars(version: str, libs: Path, mvn: str | None) -> None:
+async def _resolve_jars(
+    version: str, libs: Path, mvn: str | None, progress: Progress | None
+) -> None:
     try:
         mvn_path = find_mvn(mvn)
     except LocalKafkaError as exc:
@@ -259,16 +273,19 @@ async def _resolve_jars(version: str, libs: Path, mvn: str | None) -> None:
         ) from None
     staging = _fresh_staging(libs)
     try:
-        await _run_maven(mvn_path, version, staging)
+        await _run_maven(mvn_path, version, staging, progress)
         (staging / "libs").rename(libs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-async def _run_maven(mvn: str, version: str, staging: Path) -> None:
-    argv = _maven_argv(mvn, version, staging)
-    log.info("resolving Kafka %s from Maven Central (first use of this version)", version)
-    code, output = await run_command(argv, MAVEN_TIMEOUT_S, what="Maven", cwd=staging)
+async def _run_maven(mvn: str, version: str, staging: Path, progress: Progress | None) -> None:
+    argv = _maven_argv(mvn, version, staging, quiet=progress is None)
+    _report(progress, f"resolving Kafka {version} from Maven Central (first use of this version)")
+    on_line = _download_counter(version, progress) if progress is not None else None
+    code, output = await run_command(
+        argv, MAVEN_TIMEOUT_S, what="Maven", cwd=staging, on_line=on_line
+    )
     if code != 0 or not (staging / "libs" / f"kafka_2.13-{version}.jar").is_file():
         raise LocalKafkaError(
             f"Maven could not resolve Kafka {version} (exit status {code}): check that the version "
@@ -288,9 +305,30 @@ def _fresh_staging(libs: Path) -> Path:
     return staging
 
 
-def _maven_argv(mvn: str, version: str, staging: Path) -> list[str]:
+def _report(progress: Progress | None, message: str) -> None:
+    log.info("%s", message)
+    if progress is not None:
+        progress(message)
+
+
+def _download_counter(version: str, progress: Progress) -> Callable[[str], None]:
+    """An ``on_line`` for Maven's output that reports each jar it downloads, counted."""
+    count = 0
+
+    def on_line(line: str) -> None:
+        nonlocal count
+        if match := _DOWNLOADED_RE.search(line):
+            count += 1
+            progress(f"resolving Kafka {version}: {count} jars downloaded ({match[1]})")
+
+    return on_line
+
+
+def _maven_argv(mvn: str, version: str, staging: Path, *, quiet: bool = True) -> list[str]:
     backend = logging_backend(version)
-    argv = [mvn, "-B", "-q", "-ntp", "-f", str(staging / "pom.xml"), f"-P{backend.profile}"]
+    # -q -ntp: silent; without them batch-mode Maven names every file it downloads
+    verbosity = ["-q", "-ntp"] if quiet else []
+    argv = [mvn, "-B", *verbosity, "-f", str(staging / "pom.xml"), f"-P{backend.profile}"]
     argv.append(f"-Dkafka.version={version}")
     if backend.log4j2_version:
         argv.append(f"-Dlog4j2.version={backend.log4j2_version}")
@@ -299,9 +337,17 @@ def _maven_argv(mvn: str, version: str, staging: Path) -> list[str]:
 
 
 async def run_command(
-    argv: list[str], timeout_s: float, *, what: str, cwd: Path
+    argv: list[str],
+    timeout_s: float,
+    *,
+    what: str,
+    cwd: Path,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[int, str]:
-    """Run a short-lived command to completion; return its exit status and merged output."""
+    """Run a short-lived command to completion; return its exit status and merged output.
+
+    ``on_line`` sees each output line as it arrives (colour codes removed).
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -309,19 +355,34 @@ async def run_command(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            limit=_LINE_LIMIT,
         )
     except OSError as exc:
         raise LocalKafkaError(f"could not run {what} ({argv[0]}): {exc}") from exc
     try:
         async with asyncio.timeout(timeout_s):
-            output, _ = await proc.communicate()
+            output = await _read_lines(proc, on_line)
+            await proc.wait()
     except TimeoutError as exc:
         raise LocalKafkaError(f"{what} did not finish within {timeout_s:g}s") from exc
     finally:
         if proc.returncode is None:  # timed out or cancelled: never leave it running
             proc.kill()
             await proc.wait()
-    return proc.returncode or 0, _ANSI_RE.sub("", output.decode(errors="replace"))
+    return proc.returncode or 0, output
+
+
+async def _read_lines(
+    proc: asyncio.subprocess.Process, on_line: Callable[[str], None] | None
+) -> str:
+    assert proc.stdout is not None  # stdout=PIPE
+    lines = []
+    async for raw in proc.stdout:
+        line = _ANSI_RE.sub("", raw.decode(errors="replace"))
+        lines.append(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    return "".join(lines)
 
 
 def last_lines(text: str, count: int = _TAIL_LINES) -> str:

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from bridge.errors import LocalKafkaError
 from bridge.kafkajars import (
     DEFAULT_KAFKA_VERSION,
+    Progress,
     absolute,
     check_version,
     default_cache_dir,
@@ -269,7 +270,8 @@ class LocalKafka:
     and the object is single use. With ``data_dir`` its files live there and survive
     ``stop()``: ``start()`` may then be called again (or a new LocalKafka given the same
     ``data_dir`` and ``port``) and the broker comes back on the same port with its topics
-    and records, as a restarted production broker would.
+    and records, as a restarted production broker would. ``progress`` receives one line per
+    step of a first-time jar resolution (see ``kafkajars.ensure_jars``).
     """
 
     def __init__(
@@ -283,6 +285,7 @@ class LocalKafka:
         startup_timeout_s: float = 120.0,
         java: str | None = None,
         mvn: str | None = None,
+        progress: Progress | None = None,
     ) -> None:
         check_version(version)
         self.version = version
@@ -293,6 +296,7 @@ class LocalKafka:
         self._startup_timeout_s = startup_timeout_s
         self._java = java
         self._mvn = mvn
+        self._progress = progress
         self._state = _State.NEW
         self._workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -363,7 +367,9 @@ class LocalKafka:
     async def _start(self) -> str:
         java = _find_java(self._java)
         port = self._client_port()
-        libs = await ensure_jars(self.version, self.cache_dir, mvn=self._mvn)
+        libs = await ensure_jars(
+            self.version, self.cache_dir, mvn=self._mvn, progress=self._progress
+        )
         self._workdir = self._make_workdir()
         config = self._write_config(port, self._controller_port())
         if not (self._workdir / "data" / "meta.properties").exists():

@@ -157,6 +157,10 @@ for arg in "$@"; do
 done
 # as Maven does: -f is read relative to the working directory (the staging dir)
 [ -f "$pom" ] || {{ echo "[ERROR] The specified user settings file does not exist: $pom"; exit 1; }}
+echo "Downloading from central: https://repo/org/x/a/1/a-1.pom"
+echo "Downloaded from central: https://repo/org/x/a/1/a-1.pom (2 kB at 1 MB/s)"
+echo "Downloaded from central: https://repo/org/x/a/1/a-1.jar (12 kB at 1 MB/s)"
+echo "[INFO] Downloaded from central: https://repo/org/y/b/2/b-2.jar (3 MB at 9 MB/s)"
 sleep 0.3
 if [ "{fail}" = yes ]; then echo "[ERROR] Could not find artifact kafka_2.13:$version"; exit 1; fi
 mkdir -p "$out" && echo jar > "$out/kafka_2.13-$version.jar"
@@ -215,6 +219,21 @@ async def test_failed_resolution_leaves_nothing_behind_and_retries_next_time(tmp
     (tmp_path / "fixed").mkdir()
     working, _ = fake_mvn(tmp_path / "fixed")
     assert (await ensure_jars("3.9.2", cache, mvn=working)).is_dir()
+
+
+async def test_progress_reports_each_downloaded_jar(tmp_path):
+    mvn, calls = fake_mvn(tmp_path)
+    seen: list[str] = []
+    await ensure_jars("3.9.2", tmp_path / "cache", mvn=mvn, progress=seen.append)
+    assert seen[0] == "resolving Kafka 3.9.2 from Maven Central (first use of this version)"
+    assert seen[1:3] == [
+        "resolving Kafka 3.9.2: 1 jars downloaded (a-1.jar)",
+        "resolving Kafka 3.9.2: 2 jars downloaded (b-2.jar)",
+    ]
+    assert seen[3].startswith("cached 1 Kafka 3.9.2 jars in ")
+    args = calls.read_text().split()
+    assert "-q" not in args  # Maven names what it downloads only when not quiet
+    assert "-ntp" not in args
 
 
 async def test_success_leaves_only_jars_and_marker(tmp_path):
