@@ -1,0 +1,81 @@
+"""Prometheus metrics of one App, in a registry of its own (never the process-global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# API calls are tens of milliseconds on a good day and seconds behind retries and throttling.
+_API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Observation to commit: a poll interval is typically 5-60 s, a commit a few milliseconds.
+_COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Every metric the bridge exports; ``render()`` is what ``/metrics`` answers.
+
+    Tests build one per App, so two Apps in one process never share (or collide on) a series.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.polls = Counter(
+            "dli_bridge_polls", "Poll cycles of a project", ["mode", "outcome"], registry=r
+        )
+        self.api_requests = Counter(
+            "dli_bridge_api_requests",
+            "DLI calls as the engine saw them (after the client's own retries)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.api_seconds = Histogram(
+            "dli_bridge_api_request_seconds",
+            "Duration of DLI calls, retries included",
+            ["endpoint"],
+            buckets=_API_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "dli_bridge_rate_limited", "Calls that ended throttled (429 / APIG.0308)", registry=r
+        )
+        self.events = Counter("dli_bridge_events", "Events committed", ["type"], registry=r)
+        self.dead_letters = Counter(
+            "dli_bridge_dead_letters", "Dead letters committed", ["reason"], registry=r
+        )
+        self.transactions = Counter(
+            "dli_bridge_transactions", "Sink writes (one per batch)", ["outcome"], registry=r
+        )
+        self.change_to_commit = Histogram(
+            "dli_bridge_change_to_commit_seconds",
+            "Time from observing a change to its commit",
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.jobs_tracked = Gauge("dli_bridge_jobs_tracked", "Jobs held in memory", registry=r)
+        self.shards_owned = Gauge(
+            "dli_bridge_shards_owned", "Shards this instance owns", registry=r
+        )
+        self.last_sweep = Gauge(
+            "dli_bridge_project_last_sweep_timestamp_seconds",
+            "When the last complete list sweep of a project ended (epoch seconds)",
+            ["project"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "dli_bridge_breaker_open",
+            "1 while a project's circuit breaker is not closed",
+            ["project"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text of every metric in this registry."""
+        return generate_latest(self.registry)
+
+    def __repr__(self) -> str:
+        return f"<Metrics registry={id(self.registry):#x}>"

@@ -1,0 +1,384 @@
+"""The scheduler against the simulator and a MemorySink: events, sequences, modes, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.auth import NoAuth
+from bridge.client import DliClient, new_session
+from bridge.errors import SinkUnavailable
+from bridge.lifecycle import JobStatus
+from bridge.metrics import Metrics
+from bridge.scheduler import PollConfig, Scheduler, fingerprint, ticks
+from bridge.settings import ApiSettings
+from bridge.simulator import Simulator
+from bridge.sink import MemorySink
+from tests.kafka_fixtures import eventually
+
+PARTITIONS = 4
+FAST_API = {
+    "retry_base_s": 0.01,
+    "retry_cap_s": 0.05,
+    "retry_after_cap_s": 0.2,
+    "project_rate_per_s": 1000.0,
+    "project_burst": 1000,
+    "credential_rate_per_s": 1000.0,
+    "credential_burst": 1000,
+    "breaker_cooldown_s": 0.5,
+}
+
+
+@dataclass
+class Engine:
+    scheduler: Scheduler
+    sink: MemorySink
+    metrics: Metrics
+    client: DliClient
+
+    def events(self, project_id: str | None = None) -> list[dict[str, Any]]:
+        """Every event written so far (per-job order kept), as CloudEvent dicts."""
+        found = []
+        for record in self.sink.records(self.sink.topics.events):
+            assert record.value is not None
+            event = orjson.loads(record.value)
+            if project_id is None or event["data"]["project_id"] == project_id:
+                found.append(event)
+        return found
+
+    def of_job(self, project_id: str, job_id: int) -> list[dict[str, Any]]:
+        return [e for e in self.events(project_id) if e["data"]["job_id"] == job_id]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        records = self.sink.records(self.sink.topics.dlq)
+        return [orjson.loads(r.value) for r in records if r.value is not None]
+
+    def requests(self, sim: Simulator, route: str, project_id: str | None = None) -> int:
+        return sum(
+            n
+            for (r, p), n in sim.requests.items()
+            if r == route and (project_id is None or p == project_id)
+        )
+
+
+@asynccontextmanager
+async def engine(
+    base_url: str,
+    projects: list[str],
+    *,
+    sink: MemorySink | None = None,
+    api: dict[str, Any] | None = None,
+    **poll: Any,
+) -> AsyncIterator[Engine]:
+    """A running scheduler over ``projects`` owning every shard; stopped on exit."""
+    sink = sink or MemorySink(partitions=PARTITIONS)
+    settings = ApiSettings(endpoint=base_url, **{**FAST_API, **(api or {})})
+    poll = {"interval_s": 0.2, "jitter_s": 0.0, "transitional_interval_s": 0.1, **poll}
+    config = PollConfig(partitions=PARTITIONS, **poll)
+    async with new_session() as session, DliClient(settings, NoAuth(), session=session) as client:
+        metrics = Metrics()
+        scheduler = Scheduler(client, sink, config, metrics, projects, rng=random.Random(1))
+        async with asyncio.TaskGroup() as group:
+            running = group.create_task(scheduler.run(range(PARTITIONS)))
+            try:
+                yield Engine(scheduler, sink, metrics, client)
+            finally:
+                scheduler.stop()  # then drain for a moment, as the App does
+                done, _ = await asyncio.wait({running}, timeout=2.0)
+                if not done:
+                    running.cancel()
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["kind"] for e in events]
+
+
+async def until(check: Any, what: str, timeout_s: float = 10.0) -> None:
+    async def probe() -> bool:
+        return bool(check())
+
+    await eventually(probe, timeout_s=timeout_s, what=what)
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def test_fingerprint_is_16_bytes_and_tells_bodies_apart():
+    assert len(fingerprint(b"{}")) == 16
+    assert fingerprint(b'{"a":1}') != fingerprint(b'{"a":2}')
+
+
+async def test_ticks_do_not_drift_when_work_is_slow():
+    """A tick that overran is skipped, and the next lands on the original grid."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    seen: list[float] = []
+    async for nominal in ticks(0.05, 0.0, stop, random.Random(0)):
+        seen.append(nominal)
+        if len(seen) == 2:
+            await asyncio.sleep(0.12)  # overruns two ticks
+        if len(seen) == 4:
+            break
+    steps = [round((b - a) / 0.05) for a, b in itertools.pairwise(seen)]
+    assert steps[0] == 1
+    assert steps[1] >= 3  # skipped, not bunched
+    assert all(abs((t - seen[0]) / 0.05 - round((t - seen[0]) / 0.05)) < 1e-6 for t in seen)
+    assert loop.time() >= seen[-1]
+
+
+async def test_ticks_end_when_stopped():
+    stop = asyncio.Event()
+    got = []
+    async for nominal in ticks(10.0, 0.0, stop, random.Random(0)):
+        got.append(nominal)
+        stop.set()
+    assert len(got) == 1
+
+
+def test_poll_config_from_settings_adds_sweep_only_fields():
+    from bridge.settings import Settings
+
+    env = {"BRIDGE_AUTH__MODE": "none", "BRIDGE_PROJECTS__IDS": '["p-1"]'}
+    sweep = Settings.from_env({**env, "BRIDGE_POLLING__MODE": "sweep"})
+    listing = Settings.from_env(env)
+    assert {"user_name", "root_id", "duration"} <= set(PollConfig.from_settings(sweep).ignore)
+    assert PollConfig.from_settings(listing).ignore == ("duration",)
+    assert PollConfig.from_settings(listing, partitions=3).partitions == 3
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["list", "detail", "sweep"])
+async def test_first_sweep_discovers_every_job_once(make_simulator, mode):
+    async with (
+        make_simulator(projects=2, jobs_per_project=5) as (sim, url),
+        engine(url, sim.project_ids, mode=mode) as eng,
+    ):
+        await until(lambda: len(eng.events()) >= 10, "10 discovered events")
+        await asyncio.sleep(0.5)  # a few more cycles: nothing new
+        events = eng.events()
+    assert kinds(events) == ["discovered"] * 10
+    assert {e["data"]["sequence"] for e in events} == {1}
+    assert len({e["id"] for e in events}) == 10
+    assert {(e["data"]["project_id"], e["data"]["job_id"]) for e in events} == {
+        (p, j) for p in sim.project_ids for j in sim.fleet.projects[p].jobs
+    }
+
+
+@pytest.mark.parametrize("mode", ["list", "detail", "sweep"])
+async def test_changes_arrive_with_their_kind_and_the_next_sequence(make_simulator, mode):
+    async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
+        pid = sim.project_ids[0]
+        first, second, third = sorted(sim.fleet.projects[pid].jobs)
+        async with engine(url, [pid], mode=mode, delete_after_misses=2) as eng:
+            await until(lambda: len(eng.events()) >= 3, "discovered")
+            job = sim.job(pid, first)
+            target = next(
+                s for s in (JobStatus.RUNNING, JobStatus.SUBMITTING) if s != job["status"]
+            )
+            sim.set_status(pid, first, target)
+            sim.update_job(pid, second, desc="reconfigured by hand")
+            created = sim.create_job(pid)
+            sim.delete_job(pid, third)
+            await until(lambda: len(eng.events()) >= 7, "four more events")
+            await asyncio.sleep(0.4)
+            events = eng.events()
+            jobs_tracked = eng.scheduler.jobs_tracked()
+    by_job = {j: [e for e in events if e["data"]["job_id"] == j] for j in (first, second, third)}
+    assert kinds(by_job[first]) == ["discovered", "status_changed"]
+    assert by_job[first][1]["data"]["status_after"] == target
+    assert kinds(by_job[second]) == ["discovered", "updated"]
+    assert "/desc" in by_job[second][1]["data"]["changed"]
+    assert kinds(by_job[third]) == ["discovered", "deleted"]
+    for job_events in by_job.values():
+        assert [e["data"]["sequence"] for e in job_events] == [1, 2]
+    created_events = [e for e in events if e["data"]["job_id"] == created]
+    assert kinds(created_events) == ["created"]
+    assert created_events[0]["data"]["sequence"] == 1
+    assert jobs_tracked == 3  # first, second, created
+    assert len({e["id"] for e in events}) == len(events)
+
+
+async def test_delete_waits_for_misses_and_writes_a_tombstone(make_simulator):
+    async with make_simulator(projects=1, jobs_per_project=2) as (sim, url):
+        pid = sim.project_ids[0]
+        gone = min(sim.fleet.projects[pid].jobs)
+        async with engine(url, [pid], delete_after_misses=3) as eng:
+            await until(lambda: len(eng.events()) >= 2, "discovered")
+            sim.delete_job(pid, gone)
+            await until(lambda: len(eng.events()) >= 3, "deleted")
+            detail_checks = eng.requests(sim, "detail", pid)
+    assert kinds(eng.of_job(pid, gone)) == ["discovered", "deleted"]
+    state = [
+        r for r in eng.sink.records(eng.sink.topics.state) if r.key == f"{pid}/{gone}".encode()
+    ]
+    assert state[-1].value is None
+    assert detail_checks >= 1
+
+
+# --- requests per mode ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect_detail"),
+    [("list", "few"), ("detail", "every"), ("sweep", "none")],
+)
+async def test_detail_calls_per_mode(make_simulator, mode, expect_detail):
+    """list: only new jobs; detail: every job every interval; sweep: none while nothing goes."""
+    async with make_simulator(projects=1, jobs_per_project=10) as (sim, url):
+        pid = sim.project_ids[0]
+        # no job in a transitional state, so no faster polls blur the counts
+        for job_id, job in sim.fleet.projects[pid].jobs.items():
+            if job.status.value in {
+                s.value
+                for s in (
+                    JobStatus.SUBMITTING,
+                    JobStatus.CANCELING,
+                    JobStatus.SAVEPOINTING,
+                    JobStatus.DOWNLOADING,
+                    JobStatus.ARREARAGE_RECOVERING,
+                )
+            }:
+                sim.set_status(pid, job_id, JobStatus.RUNNING)
+        async with engine(url, [pid], mode=mode, interval_s=0.2) as eng:
+            await until(lambda: len(eng.events()) >= 10, "discovered")
+            before = eng.requests(sim, "detail", pid)
+            lists_before = eng.requests(sim, "list", pid)
+            await asyncio.sleep(1.0)
+            details = eng.requests(sim, "detail", pid) - before
+            sweeps = eng.requests(sim, "list", pid) - lists_before
+    assert sweeps >= 3
+    if expect_detail == "every":
+        assert details >= 10 * (sweeps - 1)
+        assert before >= 10
+    elif expect_detail == "few":
+        assert before == 10  # one per new job
+        assert details == 0  # rows unchanged, reconcile not due
+    else:
+        assert before == 0
+        assert details == 0
+
+
+async def test_unchanged_detail_bodies_are_not_parsed(make_simulator, monkeypatch):
+    from bridge.client import parse_job_body as real
+
+    calls = Counter[str]()
+
+    def counting(body: bytes, **kwargs: Any) -> Any:
+        calls["parse"] += 1
+        return real(body, **kwargs)
+
+    monkeypatch.setattr("bridge.scheduler.parse_job_body", counting)
+    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
+        pid = sim.project_ids[0]
+        async with engine(url, [pid], mode="detail") as eng:
+            await until(lambda: len(eng.events()) >= 4, "discovered")
+            parsed = calls["parse"]
+            await until(lambda: eng.requests(sim, "detail", pid) >= 16, "more detail polls")
+    assert parsed == 4
+    assert calls["parse"] <= 4 + 1  # a body may change once (a job in a transitional walk)
+
+
+# --- bad answers and failures -----------------------------------------------------------------
+
+
+async def test_malformed_bodies_become_one_dead_letter_each_and_state_stays(make_simulator):
+    async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = min(sim.fleet.projects[pid].jobs)
+        async with engine(url, [pid], mode="detail") as eng:
+            await until(lambda: len(eng.events()) >= 3, "discovered")
+            # every detail body of this job now fails validation, the same way each time
+            sim.update_job(pid, job_id, desc="new", job_config={"smn_topic": ["not", "text"]})
+            await asyncio.sleep(1.0)
+            dead = eng.dead_letters()
+            events = eng.of_job(pid, job_id)
+    assert len(dead) == 1, dead
+    assert kinds(events) == ["discovered"]  # state did not move past the broken body
+
+
+async def test_random_malformed_answers_lose_no_healthy_event(make_simulator):
+    async with (
+        make_simulator(projects=2, jobs_per_project=5, malformed_rate=0.3) as (sim, url),
+        engine(url, sim.project_ids, mode="detail") as eng,
+    ):
+        await until(lambda: len(eng.events()) >= 10, "every job discovered", 15.0)
+        await asyncio.sleep(0.5)
+        dead = eng.dead_letters()
+        events = eng.events()
+    assert sorted(kinds(events)) == ["discovered"] * 10
+    assert dead
+    keys = Counter((d["job_id"], d["body"]) for d in dead)
+    assert all(n == 1 for n in keys.values()), keys
+
+
+async def test_sink_failure_republishes_the_same_ids_after_recovery(make_simulator):
+    async with make_simulator(projects=1, jobs_per_project=2) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = min(sim.fleet.projects[pid].jobs)
+        sink = MemorySink(partitions=PARTITIONS)
+        async with engine(url, [pid], sink=sink) as eng:
+            await until(lambda: len(eng.events()) >= 2, "discovered")
+            sink.fail_next(3, SinkUnavailable("broker gone"))
+            sim.update_job(pid, job_id, desc="during the outage")
+            await until(lambda: len(eng.events()) >= 3, "the update after recovery")
+            await asyncio.sleep(0.4)
+            events = eng.of_job(pid, job_id)
+            failed = eng.metrics.transactions.labels("failed")._value.get()
+    assert kinds(events) == ["discovered", "updated"]
+    assert [e["data"]["sequence"] for e in events] == [1, 2]
+    assert failed >= 3
+
+
+async def test_a_write_that_committed_but_failed_is_not_duplicated(make_simulator):
+    """The sink wrote, then raised: the reopened shard's restored state knows it."""
+    async with make_simulator(projects=1, jobs_per_project=2) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = min(sim.fleet.projects[pid].jobs)
+        sink = MemorySink(partitions=PARTITIONS)
+        real_write = sink._write
+        broke: list[bool] = []
+
+        async def write_then_fail(shard: int, epoch: int, batch: Any) -> None:
+            await real_write(shard, epoch, batch)
+            if batch.events and not broke:
+                broke.append(True)
+                raise SinkUnavailable("commit answer lost")
+
+        sink._write = write_then_fail  # type: ignore[method-assign]
+        async with engine(url, [pid], sink=sink) as eng:
+            await until(lambda: len(eng.events()) >= 2, "discovered")
+            sim.update_job(pid, job_id, desc="once")
+            await until(lambda: len(eng.of_job(pid, job_id)) >= 2, "update")
+            await asyncio.sleep(0.6)
+            events = eng.events()
+    assert len({e["id"] for e in events}) == len(events)
+    assert kinds(events).count("discovered") == 2
+
+
+async def test_throttled_project_does_not_delay_another(make_simulator):
+    async with make_simulator(projects=2, jobs_per_project=4) as (sim, url):
+        slow, fast = sim.project_ids
+        sim.set_faults(slow, throttle_per_s=0.001)
+        api = {"retry_attempts": 50, "retry_after_cap_s": 2.0, "max_in_flight": 4}
+        async with engine(url, [slow, fast], api=api, mode="detail") as eng:
+            await until(lambda: len(eng.events(fast)) >= 4, "fast project discovered", 5.0)
+            job_id = min(sim.fleet.projects[fast].jobs)
+            sim.update_job(fast, job_id, desc="while the other is throttled")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await until(lambda: len(eng.of_job(fast, job_id)) >= 2, "fast update", 5.0)
+            took = loop.time() - started
+            slow_events = eng.events(slow)
+    assert took < 0.2 + 0.5  # one interval plus slack
+    assert slow_events == []
