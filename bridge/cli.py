@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -177,6 +178,29 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 # = bridge.simulator.DEFAULT_PORT, kept literal so the CLI starts without importing aiohttp;
 # tests/test_compose.py holds the two together.
 _SIMULATOR_PORT = 8780
+# = bridge.simulator.records.MAX_CHANGE_RATE and MAX_LATENCY_S (tests/test_simulator.py).
+_SIM_MAX_CHANGE_RATE = 10_000.0
+_SIM_MAX_LATENCY_MS = 60_000.0
+
+
+def _sim_number(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite number in [low, high] ((low, high] with ``low_open``)."""
+    if math.isinf(high):
+        span = f"above {low:g}" if low_open else f"of at least {low:g}"
+    else:
+        span = f"above {low:g} and at most {high:g}" if low_open else f"from {low:g} to {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value > low if low_open else value >= low
+        if not (math.isfinite(value) and above and value <= high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a number {span}")
+        return value
+
+    return parse
 
 
 def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -189,7 +213,10 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument(
-        "--port", type=int, default=_SIMULATOR_PORT, help="port (default: 8780; 0 = a free one)"
+        "--port",
+        type=port_number,
+        default=_SIMULATOR_PORT,
+        help="port, 0-65535 (default: 8780; 0 = a free one)",
     )
     p.add_argument("--projects", type=int, default=3, help="number of projects (default: 3)")
     p.add_argument("--jobs-per-project", type=int, default=10, help="jobs per project at start")
@@ -198,13 +225,28 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--sk", action="append", default=[], help="secret key, paired with --ak")
     p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="IAM user")
     p.add_argument("--domain", default="sim-domain", help="IAM account (domain) name")
-    p.add_argument("--change-rate", type=float, default=0.0, help="random changes per second")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every DLI call")
-    p.add_argument("--error-rate", type=float, default=0.0, help="fraction of DLI calls -> 5xx")
+    rate = _sim_number(0.0, 1.0)
     p.add_argument(
-        "--malformed-rate", type=float, default=0.0, help="fraction of DLI calls -> broken 200"
+        "--change-rate",
+        type=_sim_number(0.0, _SIM_MAX_CHANGE_RATE),
+        default=0.0,
+        help="random changes per second across the fleet, 0-10000 (default: 0)",
     )
-    p.add_argument("--throttle-per-s", type=float, help="per-project rate limit (429 above it)")
+    p.add_argument(
+        "--latency-ms",
+        type=_sim_number(0.0, _SIM_MAX_LATENCY_MS),
+        default=0.0,
+        help="added to every DLI call, 0-60000",
+    )
+    p.add_argument("--error-rate", type=rate, default=0.0, help="fraction of DLI calls -> 5xx")
+    p.add_argument(
+        "--malformed-rate", type=rate, default=0.0, help="fraction of DLI calls -> broken 200"
+    )
+    p.add_argument(
+        "--throttle-per-s",
+        type=_sim_number(0.0, math.inf, low_open=True),
+        help="per-project rate limit, > 0 (429 above it; default: no throttling)",
+    )
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -380,6 +422,77 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole product on this machine: Kafka, a simulated fleet, the bridge, live events",
+        description="Start a local Kafka broker (resolved from Maven Central on the first run, "
+        "then cached), a simulated DLI fleet whose jobs start, fail, restart and are "
+        "reconfigured, and the bridge polling it; print where each listens, then every event "
+        "as it arrives until Ctrl-C, which stops everything. $KAFKA_BOOTSTRAP_SERVERS or "
+        "--bootstrap-servers uses an existing cluster (default topic names) instead.",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["detail", "list", "sweep"],
+        default="list",
+        help="how the bridge polls (default: list)",
+    )
+    p.add_argument("--projects", type=int, default=3, help="simulated projects (default: 3)")
+    p.add_argument(
+        "--jobs-per-project", type=int, default=12, help="jobs per project (default: 12)"
+    )
+    p.add_argument(
+        "--change-rate", type=float, default=2.0, help="job changes per second (default: 2)"
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="poll interval (default: 2)"
+    )
+    p.add_argument(
+        "--events-mode",
+        choices=["structured", "binary"],
+        default="structured",
+        help="CloudEvents Kafka binding mode (default: structured)",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        help="an existing Kafka (default: $KAFKA_BOOTSTRAP_SERVERS, else local)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated fleet (default: 0)")
+    p.add_argument(
+        "--verbose", action="store_true", help="also show the bridge's INFO logs (on stderr)"
+    )
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="auto: on a terminal unless NO_COLOR is set",
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bridge import demo, tail
+
+    config = demo.DemoConfig(
+        mode=args.mode,
+        projects=args.projects,
+        jobs_per_project=args.jobs_per_project,
+        change_rate=args.change_rate,
+        interval_s=args.interval,
+        events_mode=args.events_mode,
+        bootstrap_servers=args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        seed=args.seed,
+    )
+    color = tail.use_color(args.color, is_tty=sys.stdout.isatty(), environ=os.environ)
+    root = logging.getLogger()
+    if not args.verbose and root.level == logging.INFO:
+        # the demo's screen is the event stream: INFO lines would bury it
+        root.setLevel(logging.WARNING)
+    asyncio.run(run_until_signalled(demo.run(config, _print_line, color=color)))
+    return 0
+
+
 # --- wiring ---------------------------------------------------------------------------------
 
 
@@ -403,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: plain on a terminal, JSON lines otherwise",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
     _add_tail(sub)
     _add_local_kafka(sub)
     _add_check_config(sub)

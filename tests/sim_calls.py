@@ -9,16 +9,6 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
 
 class Reply:
     def __init__(self, status: int, raw: bytes, headers: CIMultiDictProxy[str]) -> None:

@@ -12,7 +12,8 @@ from huaweicloudsdkcore.signer.signer import Signer
 from yarl import URL
 
 from bridge.simulator import Simulator
-from tests.sim_calls import FakeClock, call, is_gateway_error, jobs_url, token_for
+from tests.fakes import FakeClock
+from tests.sim_calls import call, is_gateway_error, jobs_url, token_for
 from tests.sim_fixtures import MakeSimulator
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim_calls import FakeClock, call, is_gateway_error, password_body
+from tests.fakes import FakeClock
+from tests.sim_calls import call, is_gateway_error, password_body
 from tests.sim_fixtures import MakeSimulator
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.fleet import WALK
 from bridge.lifecycle import TRANSITIONAL, TRANSITIONS, JobStatus, is_legal
+from bridge.simulator.fleet import WALK
 
 DOCUMENTED = {
     "job_init",

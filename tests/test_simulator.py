@@ -1,4 +1,4 @@
-"""The DLI simulator over real HTTP: list, detail, walk, ground truth, controls and config."""
+"""The DLI simulator's server over real HTTP: list, detail, ground truth, controls and config."""
 
 from __future__ import annotations
 
@@ -10,35 +10,15 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from bridge.errors import ConfigError, JobNotFound
-from bridge.lifecycle import is_legal
-from bridge.simulator import Change, Simulator, SimulatorConfig
-from tests.sim_calls import T0, FakeClock, call, jobs_url, list_all
+from bridge import cli
+from bridge.errors import ConfigError
+from bridge.simulator import Simulator, SimulatorConfig
+from bridge.simulator.records import MAX_CHANGE_RATE, MAX_LATENCY_S
+from bridge.simulator.server import MAX_STEP
+from tests.fakes import T0, FakeClock
+from tests.sim_calls import call, jobs_url, list_all
 from tests.sim_fixtures import MakeSimulator
-
-TABLE3 = {
-    "job_id", "name", "desc", "job_type", "status", "status_desc", "create_time", "start_time",
-    "user_id", "queue_name", "project_id", "sql_body", "savepoint_path", "run_mode", "job_config",
-    "main_class", "entrypoint_args", "execution_graph", "update_time", "user_name", "duration",
-    "root_id", "graph_editor_enabled", "has_savepoint", "edge_group_ids", "restart_times",
-}  # fmt: skip
-TABLE4 = {
-    "checkpoint_enabled", "checkpoint_interval", "checkpoint_mode", "log_enabled", "obs_bucket",
-    "root_id", "edge_group_ids", "manager_cu_number", "graph_editor_enabled", "graph_editor_data",
-    "executor_number", "executor_cu_number", "cu_number", "parallel_number", "smn_topic",
-    "restart_when_exception", "resume_checkpoint", "resume_max_num", "checkpoint_path",
-    "idle_state_retention", "config_url", "udf_jar_url", "dirty_data_strategy", "entrypoint",
-    "dependency_jars", "dependency_files", "tm_cus", "tm_slot_num", "image", "feature",
-    "flink_version", "operator_config", "static_estimator_config", "runtime_config",
-    "real_cu_number",
-}  # fmt: skip
-LIGHT_ROW = {
-    "job_id", "name", "desc", "user_name", "job_type", "status", "status_desc", "create_time",
-    "start_time", "duration", "root_id", "graph_editor_enabled", "has_savepoint", "queue_name",
-    "edge_group_ids", "restart_times", "savepoint_path",
-}  # fmt: skip
-DETAIL_ROW = TABLE3 - {"user_name", "duration", "root_id"}
-
+from tests.test_render import DETAIL_ROW, LIGHT_ROW, TABLE3, TABLE4
 
 # --- listing ------------------------------------------------------------------------------------
 
@@ -195,80 +175,6 @@ async def test_detail_with_non_numeric_id_is_400_dli_0001(simulator: tuple[Simul
 # --- walk, ground truth, determinism ------------------------------------------------------------
 
 
-def test_project_ids_are_seeded_lowercase_hex():
-    first = Simulator(SimulatorConfig(projects=5, jobs_per_project=1, seed=7)).project_ids
-    again = Simulator(SimulatorConfig(projects=5, jobs_per_project=1, seed=7)).project_ids
-    other = Simulator(SimulatorConfig(projects=5, jobs_per_project=1, seed=8)).project_ids
-    assert first == again != other
-    assert all(re.fullmatch(r"[0-9a-f]{32}", p) for p in first)
-    assert len(set(first)) == 5
-
-
-def test_startup_fleet_is_in_the_log_as_created():
-    sim = Simulator(SimulatorConfig(projects=3, jobs_per_project=4), clock=FakeClock())
-    log = sim.changes()
-    assert [c.seq for c in log] == list(range(1, 13))
-    assert {c.kind for c in log} == {"created"}
-    assert all(c.status_after == sim.job(c.project_id, c.job_id)["status"] for c in log)
-    assert all(c.at == int(T0 * 1000) for c in log)
-
-
-def test_same_seed_and_steps_give_the_same_changes_and_jobs():
-    def run(seed: int) -> tuple[list[Change], list[dict[str, Any]]]:
-        sim = Simulator(
-            SimulatorConfig(projects=3, jobs_per_project=20, seed=seed), clock=FakeClock()
-        )
-        sim.step(150)
-        sim.step(150)
-        live = [(pid, job_id) for pid in sim.project_ids for job_id in sim.fleet.projects[pid].jobs]
-        jobs = [sim.job(pid, job_id) for pid, job_id in live]
-        return sim.changes(), jobs
-
-    assert run(3) == run(3)
-    assert run(3)[0] != run(4)[0]
-
-
-def test_walk_makes_every_kind_of_change_along_legal_edges():
-    sim = Simulator(SimulatorConfig(projects=4, jobs_per_project=25, seed=1))
-    made = sim.step(1500)
-    assert {c.kind for c in made} == {"created", "status_changed", "updated", "deleted"}
-    moves = [c for c in made if c.kind == "status_changed"]
-    assert all(is_legal(c.status_before or "", c.status_after or "") for c in moves)
-    reached = {c.status_after for c in moves}
-    assert reached >= {"job_running", "job_canceling", "job_savepointing", "job_finish"}
-    assert reached >= {"job_running_exception", "job_arrearage_stopped", "job_cancel_success"}
-    assert all(c.status_before == c.status_after for c in made if c.kind == "updated")
-
-
-def test_hand_driven_changes_are_recorded_with_their_effects():
-    clock = FakeClock()
-    sim = Simulator(SimulatorConfig(projects=1, jobs_per_project=0), clock=clock)
-    pid = sim.project_ids[0]
-    job_id = sim.create_job(pid, name="hand", job_config={"restart_when_exception": True})
-    for status in ("job_submitting", "job_running", "job_running_exception", "job_running"):
-        clock.now += 1
-        sim.set_status(pid, job_id, status)
-    started, restarted = sim.job(pid, job_id)["start_time"], sim.job(pid, job_id)["restart_times"]
-    clock.now += 1
-    sim.update_job(pid, job_id, name="renamed", job_config={"cu_number": 8, "smn_topic": "t"})
-    detail = sim.job(pid, job_id)
-    sim.delete_job(pid, job_id)
-    assert (started, restarted) == (int((T0 + 2) * 1000), 1)
-    assert (detail["name"], detail["update_time"]) == ("renamed", int((T0 + 5) * 1000))
-    assert (detail["job_config"]["cu_number"], detail["job_config"]["smn_topic"]) == (8, "t")
-    assert [(c.kind, c.status_before, c.status_after) for c in sim.changes()] == [
-        ("created", None, "job_init"),
-        ("status_changed", "job_init", "job_submitting"),
-        ("status_changed", "job_submitting", "job_running"),
-        ("status_changed", "job_running", "job_running_exception"),
-        ("status_changed", "job_running_exception", "job_running"),
-        ("updated", "job_running", "job_running"),
-        ("deleted", "job_running", None),
-    ]
-    with pytest.raises(JobNotFound):
-        sim.job(pid, job_id)
-
-
 async def test_stopped_job_duration_is_frozen(make_simulator: MakeSimulator):
     clock = FakeClock()
     async with make_simulator(projects=1, jobs_per_project=0, clock=clock) as (sim, base):
@@ -286,37 +192,32 @@ async def test_stopped_job_duration_is_frozen(make_simulator: MakeSimulator):
 
 
 @pytest.mark.parametrize(
-    ("action", "error"),
-    [
-        (lambda s, p, j: s.set_status(p, j, "job_flying"), ConfigError),
-        (lambda s, p, j: s.update_job(p, j, status="job_running"), ConfigError),
-        (lambda s, p, j: s.set_status(p, j + 999_999, "job_running"), JobNotFound),
-        (lambda s, p, j: s.create_job("no-such-project"), JobNotFound),
-        (lambda s, p, j: s.set_faults("no-such-project", error_rate=1.0), JobNotFound),
-        (lambda s, p, j: s.set_faults(p, malformed_rate=2.0), ConfigError),
-    ],
-)
-def test_control_api_refuses_bad_input(action, error):
-    sim = Simulator(SimulatorConfig(projects=1, jobs_per_project=1))
-    pid = sim.project_ids[0]
-    with pytest.raises(error):
-        action(sim, pid, sim.changes()[0].job_id)
-
-
-@pytest.mark.parametrize(
     "bad",
     [
         {"error_rate": 1.5},
         {"malformed_rate": -0.1},
         {"projects": -1},
         {"token_ttl_s": 0},
-        {"projects": 0, "change_rate": 1.0},
+        {"change_rate": 1.0, "projects": 0},
+        {"change_rate": 1e9},
+        {"change_rate": float("inf")},
+        {"change_rate": float("nan")},
+        {"change_rate": -1.0},
+        {"latency_s": float("inf")},
+        {"latency_s": 61.0},
+        {"throttle_per_s": 0.0},
+        {"throttle_per_s": -1.0},
+        {"throttle_per_s": float("inf")},
+        {"error_rate": float("nan")},
+        {"malformed_rate": float("inf")},
+        {"token_ttl_s": float("nan")},
     ],
 )
 def test_config_validation_lists_problems(bad):
     with pytest.raises(ConfigError) as caught:
         SimulatorConfig(**bad)
-    assert caught.value.problems
+    (problem,) = caught.value.problems
+    assert next(iter(bad)) in problem
 
 
 def test_repr_shows_no_secret():
@@ -363,6 +264,76 @@ async def test_control_endpoints_reject_bad_numbers(simulator: tuple[Simulator, 
     assert (await call(method, base + path)).status == 400
 
 
+async def test_step_asks_for_a_bounded_number_of_changes(simulator: tuple[Simulator, str]):
+    _, base = simulator
+    reply = await call("POST", f"{base}/_sim/step", params={"changes": MAX_STEP + 1})
+    assert reply.status == 400
+    assert "changes" in reply.json["error_msg"]
+
+
+async def test_step_on_a_fleet_without_projects_is_a_4xx_with_a_message(
+    make_simulator: MakeSimulator,
+):
+    async with make_simulator(projects=0) as (_, base):
+        reply = await call("POST", f"{base}/_sim/step")
+    assert reply.status == 409
+    assert "without projects" in reply.json["error_msg"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"latency_s": 120},
+        {"error_rate": 2},
+        {"throttle_per_s": -1},
+        {"project_id": "nope", "error_rate": 0.5},
+        {"bogus": 1},
+        [1],
+    ],
+)
+async def test_faults_endpoint_refuses_bad_settings(simulator: tuple[Simulator, str], body):
+    _, base = simulator
+    reply = await call("POST", f"{base}/_sim/faults", json=body)
+    assert 400 <= reply.status < 500
+    assert reply.json["error"]
+
+
+async def test_sim_jobs_shows_every_job_as_its_detail(simulator: tuple[Simulator, str]):
+    sim, base = simulator
+    pid = sim.project_ids[1]
+    sim.step(40)
+    jobs = (await call("GET", f"{base}/_sim/jobs", params={"project_id": pid})).json["jobs"]
+    rows = await list_all(base, pid)
+    assert {j["job_id"] for j in jobs} == {r["job_id"] for r in rows}
+    for job in jobs:
+        assert job == (await call("GET", jobs_url(base, pid, job["job_id"]))).json["job_detail"]
+
+
+@pytest.mark.parametrize("query", [{}, {"project_id": "nope"}])
+async def test_sim_jobs_needs_a_known_project(simulator: tuple[Simulator, str], query):
+    _, base = simulator
+    reply = await call("GET", f"{base}/_sim/jobs", params=query)
+    assert 400 <= reply.status < 500
+    assert reply.json["error_msg"]
+
+
+async def test_fastest_walk_leaves_the_server_answering(make_simulator: MakeSimulator):
+    """At the highest change rate HTTP still answers promptly and the walk keeps up."""
+    async with make_simulator(projects=2, jobs_per_project=5, change_rate=MAX_CHANGE_RATE) as (
+        sim,
+        base,
+    ):
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await call("GET", f"{base}/_sim/changes", params={"since": 10**9})
+        answered_s = loop.time() - started
+        made = len(sim.changes())
+    assert reply.status == 200
+    assert answered_s < 2.0
+    assert made > 1000
+
+
 async def test_background_walk_changes_jobs_while_serving(make_simulator: MakeSimulator):
     async with make_simulator(change_rate=200.0) as (sim, base):
         start = len(sim.changes())
@@ -402,9 +373,53 @@ async def test_cli_simulate_serves_until_sigterm():
     assert code == 0
 
 
+@pytest.mark.parametrize("port", [-1, 70000])
+async def test_port_outside_the_range_is_a_config_error(port):
+    sim = Simulator(SimulatorConfig(projects=1, jobs_per_project=0))
+    with pytest.raises(ConfigError, match="between 0 and 65535"):
+        async with sim.serve(port=port):
+            pass
+
+
 async def test_taken_port_is_a_config_error(simulator: tuple[Simulator, str]):
     _, base = simulator
     second = Simulator(SimulatorConfig(projects=1, jobs_per_project=0))
     with pytest.raises(ConfigError, match="cannot serve"):
         async with second.serve(port=URL(base).port or 0):
             pass
+
+
+# --- the simulate command's edges ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--change-rate", "1e9", "from 0 to 10000"),
+        ("--change-rate", "inf", "from 0 to 10000"),
+        ("--change-rate", "nan", "from 0 to 10000"),
+        ("--change-rate", "-1", "from 0 to 10000"),
+        ("--latency-ms", "inf", "from 0 to 60000"),
+        ("--latency-ms", "60001", "from 0 to 60000"),
+        ("--throttle-per-s", "0", "above 0"),
+        ("--throttle-per-s", "-1", "above 0"),
+        ("--throttle-per-s", "inf", "above 0"),
+        ("--error-rate", "nan", "from 0 to 1"),
+        ("--malformed-rate", "1.5", "from 0 to 1"),
+        ("--port", "-1", "0 to 65535"),
+        ("--port", "70000", "0 to 65535"),
+    ],
+)
+def test_simulate_refuses_out_of_range_numbers(capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["simulate", f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert f"argument {flag}" in err
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_cli_bounds_equal_the_simulators():
+    assert cli._SIM_MAX_CHANGE_RATE == MAX_CHANGE_RATE
+    assert cli._SIM_MAX_LATENCY_MS == MAX_LATENCY_S * 1000

@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from bridge.fleet import Fleet
-from bridge.gateway import Gateway, Token, json_response
-from bridge.records import JsonDict
+from bridge.models import JsonDict
+from bridge.simulator.fleet import Fleet
+from bridge.simulator.gateway import Gateway, Token, json_response
+from bridge.simulator.records import SimulatorConfig
 
 __all__ = ["Iam"]
 
@@ -39,7 +40,8 @@ def _dig(obj: Any, *path: str) -> Any:
 class Iam:
     """IAM's token and project calls over the simulated fleet, served behind the gateway.
 
-    Issued tokens go into the gateway's table, which checks them on every later call.
+    Issued tokens go to the gateway (``Gateway.issue_token``), which checks them on every
+    later call.
     """
 
     def __init__(
@@ -47,22 +49,18 @@ class Iam:
         fleet: Fleet,
         gateway: Gateway,
         requests: Counter[tuple[str, str]],
+        config: SimulatorConfig,
         *,
-        users: Mapping[str, str],
-        domain: str,
-        token_ttl_s: float,
-        seed: int,
-        region: str,
         clock: Callable[[], float],
     ) -> None:
         self._fleet = fleet
         self._gateway = gateway
         self._requests = requests
-        self._users = users
-        self._domain_name = domain
-        self._token_ttl_s = token_ttl_s
-        self._seed = seed
-        self._region = region
+        self._users = config.users
+        self._domain_name = config.domain
+        self._token_ttl_s = config.token_ttl_s
+        self._seed = config.seed
+        self._region = config.region
         self._clock = clock
 
     def _user_id(self, name: str) -> str:
@@ -122,9 +120,8 @@ class Iam:
         now = self._clock()
         token_id = "MIIT" + secrets.token_urlsafe(192)
         kind, target = scope
-        self._gateway.tokens[token_id] = Token(
-            user, target["id"] if kind == "project" else None, now + self._token_ttl_s
-        )
+        scoped_to = target["id"] if kind == "project" else None
+        self._gateway.issue_token(token_id, Token(user, scoped_to, now + self._token_ttl_s))
         base = str(request.url.origin())
         body: JsonDict = {
             "expires_at": _iso(now + self._token_ttl_s),

@@ -1,4 +1,4 @@
-"""A stand-in for the DLI Flink job API and IAM (aiohttp): config, DLI job calls, /_sim controls."""
+"""The simulator's HTTP server (aiohttp): DLI job calls, IAM behind the gateway, /_sim controls."""
 
 from __future__ import annotations
 
@@ -7,70 +7,33 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
-from bridge import jobdoc
-from bridge.errors import ApiRejected, ConfigError, JobNotFound
-from bridge.fleet import JOB_TYPES, Fleet
-from bridge.gateway import Faults, Gateway, dli_error, json_response
-from bridge.iam import Iam
+from bridge.errors import ConfigError
 from bridge.lifecycle import JobStatus
-from bridge.records import Change, ListQuery
+from bridge.models import JsonDict
+from bridge.simulator import render
+from bridge.simulator.fleet import JOB_TYPES, Fleet
+from bridge.simulator.gateway import Faults, Gateway, json_response
+from bridge.simulator.iam import Iam
+from bridge.simulator.records import ListQuery, SimRejected, SimulatorConfig, TruthEntry
 
-__all__ = ["DEFAULT_PORT", "Change", "Simulator", "SimulatorConfig"]
+__all__ = ["DEFAULT_PORT", "MAX_STEP", "Simulator"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8780  # `dli-bridge simulate` and docker-compose.yml
 _JOBS = "/v1.0/{project_id}/streaming/jobs"
-
-
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """What the simulator serves and how badly it behaves. Credentials never show in repr.
-
-    With no ``aksk`` and no ``users`` no call needs authentication.
-    """
-
-    projects: int = 3
-    jobs_per_project: int = 10
-    seed: int = 0
-    change_rate: float = 0.0  # expected changes per second across the fleet; 0 = by hand only
-    aksk: Mapping[str, str] = field(default_factory=dict, repr=False)  # AK -> SK
-    users: Mapping[str, str] = field(default_factory=dict, repr=False)  # user -> password
-    domain: str = "sim-domain"
-    token_ttl_s: float = 86400.0
-    throttle_per_s: float | None = None  # per-project rate; above it 429 APIG.0308
-    retry_after: bool = True  # whether 429s carry Retry-After
-    latency_s: float = 0.0
-    error_rate: float = 0.0  # fraction of DLI calls answered 5xx
-    malformed_rate: float = 0.0  # fraction of DLI calls answered 200 with a broken body
-    region: str = "sim-1"
-
-    def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be between 0 and 1"
-            for name in ("error_rate", "malformed_rate")
-            if not 0.0 <= getattr(self, name) <= 1.0
-        ]
-        problems += [
-            f"{name} must not be negative"
-            for name in ("projects", "jobs_per_project", "change_rate", "latency_s")
-            if getattr(self, name) < 0
-        ]
-        if self.token_ttl_s <= 0:
-            problems.append("token_ttl_s must be positive")
-        if self.change_rate > 0 and self.projects == 0:
-            problems.append("change_rate needs at least one project to change")
-        if problems:
-            raise ConfigError("invalid simulator configuration", problems)
+MAX_STEP = 100_000  # changes one POST /_sim/step may ask for
+# The background walk applies at most this many changes before it yields to the event loop,
+# so even the highest change rate leaves the server answering and signals handled.
+_WALK_CHUNK = 200
 
 
 class Simulator:
@@ -94,29 +57,8 @@ class Simulator:
         )
         self.project_ids: list[str] = list(self.fleet.projects)
         self.requests: Counter[tuple[str, str]] = Counter()
-        self._gateway = Gateway(
-            self.fleet,
-            self.requests,
-            faults=Faults(
-                config.latency_s, config.error_rate, config.malformed_rate, config.throttle_per_s
-            ),
-            aksk=config.aksk,
-            auth_required=bool(config.aksk or config.users),
-            retry_after=config.retry_after,
-            seed=config.seed,
-            clock=clock,
-        )
-        self._iam = Iam(
-            self.fleet,
-            self._gateway,
-            self.requests,
-            users=config.users,
-            domain=config.domain,
-            token_ttl_s=config.token_ttl_s,
-            seed=config.seed,
-            region=config.region,
-            clock=clock,
-        )
+        self._gateway = Gateway(self.fleet, self.requests, config, clock=clock)
+        self._iam = Iam(self.fleet, self._gateway, self.requests, config, clock=clock)
 
     def __repr__(self) -> str:
         auth = "on" if self._gateway.auth_required else "off"
@@ -142,16 +84,21 @@ class Simulator:
     def delete_job(self, project_id: str, job_id: int) -> None:
         self.fleet.delete(project_id, job_id, self._now_ms())
 
-    def step(self, changes: int = 1) -> list[Change]:
+    def step(self, changes: int = 1) -> list[TruthEntry]:
         made = self.fleet.step(changes, self._now_ms())
         log.debug("simulator made %d changes", len(made))
         return made
 
-    def changes(self, since: int = 0) -> list[Change]:
+    def changes(self, since: int = 0) -> list[TruthEntry]:
         return self.fleet.log[max(0, since) :]
 
-    def job(self, project_id: str, job_id: int) -> dict[str, Any]:
-        return jobdoc.detail(self.fleet.get(project_id, job_id))
+    def job(self, project_id: str, job_id: int) -> JsonDict:
+        """One job as the Job Details call shows it; SimRejected (DLI.16001) if there is none."""
+        return render.detail(self.fleet.get(project_id, job_id))
+
+    def jobs(self, project_id: str) -> list[JsonDict]:
+        """Every job of a project (edge children included) as detail dicts, oldest first."""
+        return [render.detail(job) for job in self.fleet.project(project_id).ordered()]
 
     def expire_tokens(self) -> None:
         self._gateway.expire_tokens()
@@ -184,6 +131,7 @@ class Simulator:
             web.get("/v3/auth/projects", self._iam.auth_projects),
             web.get("/v3/projects", self._iam.projects),
             web.get("/_sim/changes", self._sim_changes),
+            web.get("/_sim/jobs", self._sim_jobs),
             web.post("/_sim/step", self._sim_step),
             web.post("/_sim/faults", self._sim_faults),
             web.post("/_sim/expire-tokens", self._sim_expire_tokens),
@@ -194,6 +142,8 @@ class Simulator:
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Serve on ``host:port`` (0 = any free port) and yield the base URL."""
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"cannot serve on port {port}: a port is between 0 and 65535")
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
@@ -227,11 +177,14 @@ class Simulator:
                 async with asyncio.timeout(tick):
                     await stop.wait()
             now = loop.time()
-            due += (now - last) * rate
+            # A tick that came late (a busy loop) must not pile up: owe at most one second.
+            due = min(due + (now - last) * rate, max(rate, 1.0))
             last = now
-            if due >= 1.0:
-                self.step(int(due))
-                due -= int(due)
+            while due >= 1.0 and not stop.is_set():
+                count = min(int(due), _WALK_CHUNK)
+                self.step(count)
+                due -= count
+                await asyncio.sleep(0)  # let requests and signals through between chunks
 
     # --- DLI -----------------------------------------------------------------------------------
 
@@ -244,7 +197,7 @@ class Simulator:
         total, jobs = self.fleet.query(project_id, query)
         now_ms = self._now_ms()
         rows = [
-            jobdoc.detail_row(j) if query.show_detail else jobdoc.light_row(j, now_ms) for j in jobs
+            render.detail_row(j) if query.show_detail else render.light_row(j, now_ms) for j in jobs
         ]
         payload = {
             "is_success": "true",
@@ -259,16 +212,12 @@ class Simulator:
             return denied
         project_id, raw_id = request.match_info["project_id"], request.match_info["job_id"]
         if not raw_id.isdigit():
-            return dli_error("DLI.0001", f"Invalid job_id: {raw_id}")
-        try:
-            job = self.fleet.get(project_id, int(raw_id))
-        except JobNotFound:
-            # DLI answers a missing job with 400 DLI.16001, not 404 (Terraform maps it to "gone").
-            return dli_error("DLI.16001", f"The job {raw_id} does not exist.")
+            raise SimRejected(f"Invalid job_id: {raw_id}")
+        job = self.fleet.get(project_id, int(raw_id))  # a missing job: 400 DLI.16001
         payload = {
             "is_success": "true",
             "message": "Job detail query succeeds.",
-            "job_detail": jobdoc.detail(job),
+            "job_detail": render.detail(job),
         }
         return self._gateway.ok(project_id, payload, "job_detail")
 
@@ -278,21 +227,29 @@ class Simulator:
         since = _int(request.query.get("since", "0"), "since", 0, None)
         return json_response({"changes": [c.as_dict() for c in self.changes(since)]})
 
+    async def _sim_jobs(self, request: web.Request) -> web.Response:
+        project_id = request.query.get("project_id")
+        if project_id is None:
+            raise SimRejected("GET /_sim/jobs needs ?project_id=")
+        return json_response({"jobs": self.jobs(project_id)})
+
     async def _sim_step(self, request: web.Request) -> web.Response:
-        count = _int(request.query.get("changes", "1"), "changes", 0, None)
+        count = _int(request.query.get("changes", "1"), "changes", 0, MAX_STEP)
         return json_response({"changes": [c.as_dict() for c in self.step(count)]})
 
     async def _sim_faults(self, request: web.Request) -> web.Response:
         try:
             body = orjson.loads(await request.read() or b"{}")
             self.set_faults(body.pop("project_id", None), **body)
-        except (orjson.JSONDecodeError, TypeError, AttributeError, JobNotFound, ConfigError) as exc:
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
             return json_response({"error": f"bad fault settings: {exc}"}, 400)
+        except SimRejected as exc:
+            return json_response({"error": exc.message}, exc.status)
         return json_response({"ok": True})
 
     async def _sim_expire_tokens(self, request: web.Request) -> web.Response:
         self.expire_tokens()
-        return json_response({"ok": True, "expired": len(self._gateway.tokens)})
+        return json_response({"ok": True, "expired": self._gateway.token_count})
 
 
 # --- list query parameters (reference §1.1) -----------------------------------------------------
@@ -305,16 +262,14 @@ def _int(raw: str, name: str, low: int, high: int | None) -> int:
         value = low - 1
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ApiRejected(
-            f"Invalid parameter {name}: {raw!r}, must be {bound}", status=400, code="DLI.0001"
-        )
+        raise SimRejected(f"Invalid parameter {name}: {raw!r}, must be {bound}")
     return value
 
 
 def _choice(query: MultiMapping[str], name: str, options: tuple[str, ...]) -> str | None:
     value = query.get(name)
     if value is not None and value not in options:
-        raise ApiRejected(f"Invalid parameter {name}: {value!r}", status=400, code="DLI.0001")
+        raise SimRejected(f"Invalid parameter {name}: {value!r}")
     return value
 
 
@@ -324,16 +279,14 @@ def _tags(raw: str | None) -> tuple[tuple[str, str], ...]:
         return ()
     pairs = [part.split("=", 1) for part in raw.split(",")]
     if any(len(pair) != 2 for pair in pairs):
-        raise ApiRejected(f"Invalid parameter tags: {raw!r}", status=400, code="DLI.0001")
+        raise SimRejected(f"Invalid parameter tags: {raw!r}")
     return tuple((k.strip(), v.strip()) for k, v in pairs)
 
 
 def _list_query(query: MultiMapping[str]) -> ListQuery:
     name = query.get("name")
     if name is not None and len(name) > 57:
-        raise ApiRejected(
-            "Invalid parameter name: longer than 57 characters", status=400, code="DLI.0001"
-        )
+        raise SimRejected("Invalid parameter name: longer than 57 characters")
     root = query.get("root_job_id")
     return ListQuery(
         job_type=_choice(query, "job_type", JOB_TYPES),
@@ -352,5 +305,5 @@ def _list_query(query: MultiMapping[str]) -> ListQuery:
 
 def _flag(raw: str, name: str) -> bool:
     if raw.lower() not in ("true", "false"):
-        raise ApiRejected(f"Invalid parameter {name}: {raw!r}", status=400, code="DLI.0001")
+        raise SimRejected(f"Invalid parameter {name}: {raw!r}")
     return raw.lower() == "true"

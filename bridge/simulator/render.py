@@ -1,10 +1,30 @@
-"""A simulated job as DLI's documented JSON: light and detailed list rows, detail, job_config."""
+"""A simulated job as DLI's documented JSON: light and detailed list rows, detail, job_config.
+
+The three shapes, after the reference notes (dli-api.md §1.3, the official SDK's ``FlinkJob``):
+
+- light row (``show_detail=false``): the common fields plus ``user_name``, ``duration`` and
+  ``root_id``; ``start_time`` is 0 for a job that never started.
+- detailed row (``show_detail=true``, what ``sweep`` mode reads): the common fields plus the
+  detail fields (``user_id``, ``project_id``, ``sql_body``, ``run_mode``, ``job_config``,
+  ``main_class``, ``entrypoint_args``, ``execution_graph``, ``update_time``); the light-only
+  ``user_name``, ``duration`` and ``root_id`` are left out.
+- detail (Job Details): everything the detailed row has plus ``user_name`` and ``root_id``
+  (``duration`` is documented for light rows only, and volatile).
+
+So a detailed row equals the detail minus ``SWEEP_ROW_OMITS``; everything else, including
+``job_config`` and ``start_time`` (``null`` when never started), is the same value.
+"""
 
 from __future__ import annotations
 
-from bridge.records import Job, JsonDict
+from bridge.models import JsonDict
+from bridge.simulator.records import Job
 
-__all__ = ["detail", "detail_row", "job_config", "light_row"]
+__all__ = ["SWEEP_ROW_OMITS", "detail", "detail_row", "job_config", "light_row"]
+
+# Fields of the Job Details answer that a ``show_detail=true`` list row does not carry: the
+# engine leaves them out when it compares a sweep row with a detail snapshot.
+SWEEP_ROW_OMITS: tuple[str, ...] = ("root_id", "user_name")
 
 # Shared texts a job's ``variant`` picks from, so 100k jobs hold no copies.
 _SQL = (

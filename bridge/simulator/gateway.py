@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from bridge.errors import ApiRejected, AuthError, ConfigError
-from bridge.fleet import Fleet
-from bridge.records import JsonDict
+from bridge.errors import AuthError
+from bridge.models import JsonDict
+from bridge.ratelimit import TokenBucket
 from bridge.signing import verify_signature
+from bridge.simulator.fleet import Fleet
+from bridge.simulator.records import SimRejected, SimulatorConfig, fault_problems
 
 __all__ = ["JSON_CONTENT_TYPE", "Faults", "Gateway", "Token", "dli_error", "json_response"]
 
@@ -52,25 +53,6 @@ class Faults:
         return replace(base, **{k: v for k, v in merged.items() if v is not None})
 
 
-class _Bucket:
-    """Token bucket on the monotonic clock; ``take`` returns 0 or the seconds to wait."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.at = time.monotonic()
-
-    def take(self) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
 @dataclass
 class Token:
     """A token IAM issued, as the gateway checks it."""
@@ -98,7 +80,8 @@ def dli_error(code: str, message: str, status: int = 400) -> web.Response:
 class Gateway:
     """What Huawei's API gateway does before DLI or IAM answer, and how a sick backend fails.
 
-    Owns the table of issued tokens (IAM fills it), the per-project throttling buckets and the
+    Owns the table of issued tokens (IAM adds to it through ``issue_token``), the per-project
+    throttling buckets (``ratelimit.TokenBucket`` on the simulator's clock) and the
     fault settings; counts refusals and injected faults in the simulator's ``requests``.
     """
 
@@ -106,36 +89,42 @@ class Gateway:
         self,
         fleet: Fleet,
         requests: Counter[tuple[str, str]],
+        config: SimulatorConfig,
         *,
-        faults: Faults,
-        aksk: Mapping[str, str],
-        auth_required: bool,
-        retry_after: bool,
-        seed: int,
         clock: Callable[[], float],
     ) -> None:
-        self.tokens: dict[str, Token] = {}
-        self.auth_required = auth_required
+        self.auth_required = bool(config.aksk or config.users)
+        self._tokens: dict[str, Token] = {}
         self._fleet = fleet
         self._requests = requests
-        self._aksk = aksk
-        self._retry_after = retry_after
+        self._aksk = config.aksk
+        self._retry_after = config.retry_after
         self._clock = clock
-        self._faults = faults
+        self._faults = Faults(
+            config.latency_s, config.error_rate, config.malformed_rate, config.throttle_per_s
+        )
         self._project_faults: dict[str, Faults] = {}
-        self._buckets: dict[str, _Bucket] = {}
-        self._fault_rng = random.Random(f"{seed}/faults")
+        self._buckets: dict[str, TokenBucket] = {}
+        self._fault_rng = random.Random(f"{config.seed}/faults")
+
+    @property
+    def token_count(self) -> int:
+        return len(self._tokens)
+
+    def issue_token(self, token_id: str, token: Token) -> None:
+        """Remember a token IAM issued, so later calls that carry it pass."""
+        self._tokens[token_id] = token
 
     def expire_tokens(self) -> None:
         """Make every token issued so far read as expired."""
-        for token in self.tokens.values():
+        for token in self._tokens.values():
             token.expires_at = -math.inf
 
     def set_faults(self, project_id: str | None, change: Faults) -> None:
         """Lay ``change`` over the faults of one project or (``None``) of every project."""
-        rates = (change.error_rate, change.malformed_rate)
-        if any(r is not None and not 0.0 <= r <= 1.0 for r in rates):
-            raise ConfigError("error_rate and malformed_rate must be between 0 and 1")
+        problems = fault_problems(**asdict(change))
+        if problems:
+            raise SimRejected("bad fault settings: " + "; ".join(problems))
         if project_id is None:
             self._faults = change.over(self._faults)
             self._buckets.clear()
@@ -157,8 +146,8 @@ class Gateway:
         request[_REQUEST_ID] = request_id
         try:
             response: web.StreamResponse = await handler(request)
-        except ApiRejected as exc:
-            response = dli_error(exc.code or "DLI.0001", exc.message)
+        except SimRejected as exc:
+            response = dli_error(exc.code, exc.message, exc.status)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             response = self.error(
                 request,
@@ -201,7 +190,7 @@ class Gateway:
     def _check_token(
         self, request: web.Request, token: str, project_id: str | None
     ) -> web.Response | None:
-        issued = self.tokens.get(token)
+        issued = self._tokens.get(token)
         if issued is None:
             return self._unauthorized(request, _IAM_INFO + "decrypt token fail")
         if issued.expires_at <= self._clock():
@@ -259,10 +248,11 @@ class Gateway:
             return None
         bucket = self._buckets.get(project_id)
         if bucket is None:
-            bucket = self._buckets[project_id] = _Bucket(rate)
-        wait = bucket.take()
-        if wait == 0.0:
+            bucket = TokenBucket(rate, max(1, int(rate)), clock=self._clock)
+            self._buckets[project_id] = bucket
+        if bucket.try_acquire():
             return None
+        wait = (1.0 - bucket.level) / rate
         self._requests[("throttled", project_id)] += 1
         per = "1 second" if rate >= 1 else "1 minute"
         limit = round(rate if rate >= 1 else rate * 60)

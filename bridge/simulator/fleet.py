@@ -6,9 +6,16 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from bridge.errors import ConfigError, JobNotFound
 from bridge.lifecycle import JobStatus
-from bridge.records import FLAG_KNOBS, Change, Job, JsonDict, ListQuery, Project
+from bridge.models import JsonDict
+from bridge.simulator.records import (
+    FLAG_KNOBS,
+    Job,
+    ListQuery,
+    SimProject,
+    SimRejected,
+    TruthEntry,
+)
 
 __all__ = ["JOB_TYPES", "WALK", "Fleet", "as_status"]
 
@@ -81,13 +88,14 @@ _SLOT_FIELDS = frozenset(
 )  # fmt: skip
 _FIXED_FIELDS = frozenset({"job_id", "project_id", "status"})
 _DAY_MS = 86_400_000
+_NOT_FOUND = "DLI.16001"
 
 
 def as_status(value: str) -> JobStatus:
     try:
         return JobStatus(value)
     except ValueError:
-        raise ConfigError(f"unknown job status {value!r}") from None
+        raise SimRejected(f"unknown job status {value!r}") from None
 
 
 class _Digits:
@@ -118,8 +126,8 @@ class Fleet:
         self.rng = random.Random(f"{seed}/fleet")
         self.region = region
         self.domain_id = _hex32(self.rng)
-        self.projects: dict[str, Project] = {}
-        self.log: list[Change] = []
+        self.projects: dict[str, SimProject] = {}
+        self.log: list[TruthEntry] = []
         self._all: list[Job] = []
         self._next_id = 10_000 + self.rng.randrange(90_000)
         for index in range(projects):
@@ -131,7 +139,9 @@ class Fleet:
         rng = self.rng
         name = self.region if index == 0 else f"{self.region}_proj{index:03d}"
         users = {u: _hex32(rng) for u in rng.sample(_USERS, rng.randint(1, 3))}
-        project = Project(_hex32(rng), name, users, tuple(rng.sample(_QUEUES, rng.randint(1, 3))))
+        project_id = _hex32(rng)  # drawn before the queues: the seeded fleet stays the same
+        queues = tuple(rng.sample(_QUEUES, rng.randint(1, 3)))
+        project = SimProject(project_id, name, users, queues)
         self.projects[project.id] = project
         created = sorted(now_ms - rng.randrange(180 * _DAY_MS) for _ in range(jobs))
         for create_time in created:
@@ -157,7 +167,7 @@ class Fleet:
         if rng.random() < 0.3:
             job.savepoint_at = job.start_time + rng.randrange(1, 3_600_000)
 
-    def _new_job(self, project: Project, now_ms: int, status: JobStatus, **fields: Any) -> Job:
+    def _new_job(self, project: SimProject, now_ms: int, status: JobStatus, **fields: Any) -> Job:
         # One 64-bit draw per job, split into digits, keeps start-up of 100k jobs fast.
         bits = _Digits(self.rng.getrandbits(64))
         job_id, self._next_id = self._next_id, self._next_id + 1
@@ -183,54 +193,54 @@ class Fleet:
         self._apply_fields(job, fields)
         return job
 
-    # --- mutations (each records its Change) ---------------------------------------------------
+    # --- mutations (each records its TruthEntry) -----------------------------------------------
 
     def _record(
         self, job: Job, kind: str, before: str | None, after: str | None, at: int
-    ) -> Change:
-        change = Change(len(self.log) + 1, job.project.id, job.job_id, kind, before, after, at)
+    ) -> TruthEntry:
+        change = TruthEntry(len(self.log) + 1, job.project.id, job.job_id, kind, before, after, at)
         self.log.append(change)
         return change
 
-    def _add(self, job: Job, now_ms: int) -> Change:
+    def _add(self, job: Job, now_ms: int) -> TruthEntry:
         job.project.jobs[job.job_id] = job
         job.project.invalidate()
         job.slot = len(self._all)
         self._all.append(job)
         return self._record(job, "created", None, str(job.status), now_ms)
 
-    def project(self, project_id: str) -> Project:
+    def project(self, project_id: str) -> SimProject:
         project = self.projects.get(project_id)
         if project is None:
-            raise JobNotFound(f"no project {project_id}", project_id=project_id)
+            raise SimRejected(f"no project {project_id}", status=404, code="SIM.0404")
         return project
 
     def get(self, project_id: str, job_id: int) -> Job:
         job = self.project(project_id).jobs.get(job_id)
         if job is None:
-            message = f"no job {job_id} in project {project_id}"
-            raise JobNotFound(message, job_id=job_id, project_id=project_id)
+            # DLI answers a missing job with 400 DLI.16001, not 404 (Terraform maps it to "gone").
+            raise SimRejected(f"The job {job_id} does not exist.", code=_NOT_FOUND)
         return job
 
-    def create(self, project_id: str, now_ms: int, **fields: Any) -> Change:
+    def create(self, project_id: str, now_ms: int, **fields: Any) -> TruthEntry:
         status = as_status(fields.pop("status", S.INIT))
         job = self._new_job(self.project(project_id), now_ms, status, **fields)
         return self._add(job, now_ms)
 
-    def set_status(self, project_id: str, job_id: int, status: str, now_ms: int) -> Change:
+    def set_status(self, project_id: str, job_id: int, status: str, now_ms: int) -> TruthEntry:
         job = self.get(project_id, job_id)
         before, target = job.status, as_status(status)
         self._enter(job, target, now_ms)
         return self._record(job, "status_changed", before, target, now_ms)
 
-    def update(self, project_id: str, job_id: int, now_ms: int, **fields: Any) -> Change:
+    def update(self, project_id: str, job_id: int, now_ms: int, **fields: Any) -> TruthEntry:
         job = self.get(project_id, job_id)
         self._apply_fields(job, fields)
         if "update_time" not in fields:
             job.update_time = max(now_ms, job.update_time + 1)
         return self._record(job, "updated", job.status, job.status, now_ms)
 
-    def delete(self, project_id: str, job_id: int, now_ms: int) -> Change:
+    def delete(self, project_id: str, job_id: int, now_ms: int) -> TruthEntry:
         job = self.get(project_id, job_id)
         del job.project.jobs[job_id]
         job.project.invalidate()
@@ -243,7 +253,7 @@ class Fleet:
     def _apply_fields(self, job: Job, fields: Mapping[str, Any]) -> None:
         for key, value in fields.items():
             if key in _FIXED_FIELDS:
-                raise ConfigError(f"job field {key!r} cannot be set by hand this way")
+                raise SimRejected(f"job field {key!r} cannot be set by hand this way")
             if key == "job_config":
                 self._apply_config(job, value)
             elif key == "tags":
@@ -288,13 +298,14 @@ class Fleet:
 
     # --- the seeded walk -----------------------------------------------------------------------
 
-    def step(self, changes: int, now_ms: int) -> list[Change]:
+    def step(self, changes: int, now_ms: int) -> list[TruthEntry]:
         """Make ``changes`` random changes: status moves, edits, creations and deletions."""
         return [self._one_step(now_ms) for _ in range(changes)]
 
-    def _one_step(self, now_ms: int) -> Change:
+    def _one_step(self, now_ms: int) -> TruthEntry:
         if not self.projects:
-            raise ConfigError("a fleet without projects cannot change")
+            message = "a fleet without projects cannot change: start it with projects > 0"
+            raise SimRejected(message, status=409, code="SIM.0409")
         kind = self.rng.choices(_KINDS, _KIND_WEIGHTS)[0] if self._all else "created"
         if kind == "created":
             project = self.rng.choice(list(self.projects.values()))
