@@ -284,14 +284,19 @@ async def _partitions(bootstrap: str, topic: str, options: Mapping[str, Any]) ->
             # a metadata request naming the topic would create it on a broker with
             # auto.create.topics.enable; asking for every topic never does
             for described in await admin.describe_topics():
-                if described["topic"] == topic and described["partitions"]:
+                if described["topic"] == topic and _led(described["partitions"]):
                     return sorted(p["partition"] for p in described["partitions"])
             if not waiting_logged:
-                log.info("waiting for topic %s to be created", topic)
+                log.info("waiting for topic %s to exist and have leaders", topic)
                 waiting_logged = True
             await asyncio.sleep(TOPIC_POLL_S)
     finally:
         await admin.close()
+
+
+def _led(partitions: Sequence[Mapping[str, Any]]) -> bool:
+    # a topic created a moment ago has partitions without a leader for a while
+    return bool(partitions) and all(p["error_code"] == 0 and p["leader"] >= 0 for p in partitions)
 
 
 class EventReader:
@@ -352,30 +357,35 @@ class EventReader:
             bootstrap_servers=self.bootstrap_servers,
             isolation_level="read_committed",
             enable_auto_commit=False,
-            auto_offset_reset="earliest" if self.start == "beginning" else "latest",
             **self._options,
         )
         self._consumer = consumer
-        # assign, not subscribe: a fresh subscription may see no partitions until the next
-        # metadata refresh, minutes later; the partitions are known now
-        consumer.assign(partitions)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             await consumer.start()
-            await self._seek(consumer, partitions)
-
-    async def _seek(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
-        if self.start == "beginning":
-            await consumer.seek_to_beginning(*partitions)
-            return
-        if self.start == "latest":
-            await consumer.seek_to_end(*partitions)
-            return
-        found = await consumer.offsets_for_times({tp: self.start for tp in partitions})
+            offsets = await self._start_offsets(consumer, partitions)
+        # assign, not subscribe: a fresh subscription may see no partitions until the next
+        # metadata refresh, minutes later. Seek at once, with no await in between, so the
+        # fetcher never runs its own offset reset (which logs errors on a new topic).
+        consumer.assign(partitions)
         for tp in partitions:
-            if (hit := found.get(tp)) is not None:
-                consumer.seek(tp, hit.offset)
-            else:  # nothing that recent yet: wait for what comes
-                await consumer.seek_to_end(tp)
+            consumer.seek(tp, offsets[tp])
+
+    async def _start_offsets(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Explicit start offsets (lookups retry quietly while a new topic gets leaders).
+
+        The end is the last stable offset (read_committed), so an open transaction's
+        records are still read once it commits.
+        """
+        if self.start == "beginning":
+            first: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+            return first
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        if self.start == "latest":
+            return ends
+        found = await consumer.offsets_for_times({tp: self.start for tp in partitions})
+        return {tp: hit.offset if (hit := found.get(tp)) else ends[tp] for tp in partitions}
 
     async def _close(self) -> None:
         consumer, self._consumer = self._consumer, None
