@@ -237,21 +237,23 @@ class Membership:
 
     async def _wait_for_topic(self) -> None:
         # A consumer subscribing right after the topic was created can see no partitions
-        # until the next metadata refresh (metadata_max_age_ms, 5 minutes). Ask until the
-        # topic is known, as AIOKafkaConsumer.start() itself does for topics passed to it.
+        # until the next metadata refresh (metadata_max_age_ms, 5 minutes): wait until the
+        # client's own metadata has the topic, as AIOKafkaConsumer.start() does for topics
+        # given to it. First ask for *all* topics: a Metadata request naming a missing topic
+        # auto-creates it on brokers with auto.create.topics.enable (the default), and a
+        # one-partition, uncompacted state topic would be worse than none.
         client = self._consumer._client  # private: the same call start() makes
         try:
             async with asyncio.timeout(self._topic_wait_s):
                 while True:
-                    try:
-                        await client._wait_on_metadata(self.state_topic)
-                        return
-                    except kafka_errors.UnknownTopicOrPartitionError:
-                        await asyncio.sleep(ERROR_BACKOFF_S)
-        except TimeoutError:
+                    if self.state_topic in await self._consumer.topics():
+                        break
+                    await asyncio.sleep(ERROR_BACKOFF_S)
+                await client._wait_on_metadata(self.state_topic)
+        except (TimeoutError, kafka_errors.UnknownTopicOrPartitionError):
             raise ConfigError(
                 f"state topic {self.state_topic!r} not found",
-                [f"no metadata for it within {self._topic_wait_s:g} s"],
+                [f"no metadata for it within {self._topic_wait_s:g} s; create it first"],
             ) from None
 
     async def _keep_alive(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.errors import ConfigError
 from bridge.membership import Membership, OnAssigned, OnRevoked
@@ -179,6 +180,23 @@ async def test_slow_on_assigned_keeps_member_in_group(kafka_bootstrap, group_nam
     ]
 
 
+async def test_paused_member_outlives_max_poll_interval(kafka_bootstrap, group_name, state_topic):
+    """aiokafka leaves the group after max_poll_interval_ms without a fetch in progress; the
+    keep-alive getmany counts as one even though every partition is paused."""
+    timeline = Timeline()
+    options = {"max_poll_interval_ms": 1500}
+    join = member
+    async with join(
+        kafka_bootstrap, group_name, state_topic, timeline.callbacks("a"), client_options=options
+    ) as a:
+        await eventually(lambda: owns(a, ALL), what="a owns every shard")
+        generation = a.generation
+        await asyncio.sleep(4.0)
+        assert a.rebalances == 1
+        assert a.is_current(0, generation)
+        assert a._consumer._coordinator.generation == generation
+
+
 async def test_slow_inline_assignment_callback_gets_member_dropped(
     kafka_bootstrap, group_name, state_topic
 ):
@@ -246,6 +264,75 @@ async def test_static_member_restart_gets_its_shards_back(kafka_bootstrap, group
             assert b.rebalances == b_rebalances
             assert timeline.kinds("b")[b_seen:] == [], timeline.events  # b never revoked
     assert timeline.overlaps == []
+
+
+async def test_revoke_cancels_an_unfinished_restore(kafka_bootstrap, group_name, state_topic):
+    """A rebalance during a long on_assigned cancels it; on_revoked still gets every shard."""
+    timeline = Timeline()
+    slow = timeline.callbacks("a", assign_s=30.0)
+    async with member(kafka_bootstrap, group_name, state_topic, slow) as a:
+        await eventually(lambda: _true(a.owned == ALL), what="the slow restore starts")
+        assert not a.ready
+        async with member(kafka_bootstrap, group_name, state_topic, timeline.callbacks("b")) as b:
+            await eventually(
+                lambda: _true(b.ready and a.owned | b.owned == ALL),
+                what="the shards split while a restores",
+            )
+            assert timeline.kinds("a")[:3] == ["assign-start g1", "revoke-start", "revoked"]
+            assert timeline.events[timeline.index("a", "revoke-start")][3] == tuple(ALL)
+    assert timeline.overlaps == []
+
+
+async def test_failing_on_revoked_is_logged_and_membership_goes_on(
+    kafka_bootstrap, group_name, state_topic, caplog
+):
+    async def broken(shards: frozenset[int]) -> None:
+        raise RuntimeError("drain failed")
+
+    timeline = Timeline()
+    on_assigned, _ = timeline.callbacks("a")
+    async with member(kafka_bootstrap, group_name, state_topic, (on_assigned, broken)) as a:
+        await eventually(lambda: owns(a, ALL), what="a owns every shard")
+        async with member(kafka_bootstrap, group_name, state_topic, timeline.callbacks("b")) as b:
+            await eventually(lambda: _split(a, b), what="the shards split despite the failure")
+    assert "on_revoked" in caplog.text
+    assert "drain failed" in caplog.text
+
+
+async def test_failing_on_assigned_ends_the_membership(kafka_bootstrap, group_name, state_topic):
+    """An exception out of on_assigned is a bug: it cancels the task that entered the
+    membership, which leaves the group and re-raises it."""
+    revoked: list[frozenset[int]] = []
+
+    async def broken(shards: frozenset[int], generation: int) -> None:
+        raise RuntimeError("restore failed")
+
+    async def on_revoked(shards: frozenset[int]) -> None:
+        revoked.append(shards)
+
+    m = member(kafka_bootstrap, group_name, state_topic, (broken, on_revoked))
+    with pytest.raises(ExceptionGroup) as failure:
+        async with m:
+            await asyncio.sleep(30.0)
+    assert failure.group_contains(RuntimeError, match="restore failed")
+    assert revoked == [ALL]  # the app still stops whatever it had started
+
+
+async def test_missing_state_topic_is_a_config_error_and_stays_missing(
+    kafka_bootstrap, group_name, topic_name
+):
+    async def noop(*_: object) -> None:
+        return None
+
+    m = member(kafka_bootstrap, group_name, topic_name, (noop, noop), topic_wait_s=1.5)
+    with pytest.raises(ConfigError, match="not found"):
+        await m.__aenter__()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert topic_name not in await admin.list_topics()  # not auto-created
+    finally:
+        await admin.close()
 
 
 async def test_rebalance_timeout_must_exceed_drain():
