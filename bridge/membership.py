@@ -278,6 +278,8 @@ class Membership:
         """Record the new assignment and start ``on_assigned``; no await: heartbeats wait."""
         tps = [tp for tp in partitions if tp.topic == self.state_topic]
         self._consumer.pause(*tps)
+        if self._tasks is None or self._state is not _State.OPEN:
+            return  # leaving: a late assignment between our revoke and stop() is not ours
         self._owned = frozenset(tp.partition for tp in tps)
         self._generation = self._live_generation()
         self._restored = False
@@ -288,11 +290,10 @@ class Membership:
             self._generation,
             sorted(self._owned),
         )
-        if self._tasks is not None and self._state is _State.OPEN:
-            self._assigning = self._tasks.create_task(
-                self._run_assigned(self._owned, self._generation),
-                name=f"assigned-{self.group_id}-{self._generation}",
-            )
+        self._assigning = self._tasks.create_task(
+            self._run_assigned(self._owned, self._generation),
+            name=f"assigned-{self.group_id}-{self._generation}",
+        )
 
     async def _run_assigned(self, shards: frozenset[int], generation: int) -> None:
         try:
