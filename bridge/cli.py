@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bridge import __version__, logs
 from bridge.errors import BridgeError, ConfigError
@@ -381,17 +381,21 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_tail)
 
 
-def _tail_target(args: argparse.Namespace) -> tuple[str, str]:
+def _tail_target(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """Bootstrap servers, topic and client options (security) from flags, config, env."""
     from bridge.tail import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_TOPIC
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP_SERVERS
-    topic = DEFAULT_TOPIC
+    topic, options = DEFAULT_TOPIC, {}
     if args.config:
         from bridge.settings import Settings
+        from bridge.sink import client_options
 
         kafka = Settings.from_env(toml_path=args.config).kafka
         bootstrap, topic = kafka.bootstrap_servers, kafka.topics.events
-    return args.bootstrap_servers or bootstrap, args.topic or topic
+        options = client_options(kafka, client_id="dli-bridge-tail", request_timeout_s=30.0)
+        del options["bootstrap_servers"]
+    return args.bootstrap_servers or bootstrap, args.topic or topic, options
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -399,7 +403,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from bridge import tail
 
-    bootstrap, topic = _tail_target(args)
+    bootstrap, topic, options = _tail_target(args)
     start: tail.Position = "beginning" if args.from_beginning else "latest"
     if args.since:
         start = int((time.time() - tail.parse_duration(args.since)) * 1000)
@@ -409,6 +413,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         topic,
         filters=tail.Filters(tuple(args.project), tuple(args.job), tuple(args.type)),
         start=start,
+        client_options=options,
     )
 
     async def follow() -> None:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from jsonschema import Draft202012Validator
 
 from bridge import tail
+from bridge.diff import diff
 from bridge.errors import ConfigError
+from bridge.events import EventOptions, OutRecord, build_event
 from bridge.models import JsonDict
+from tests.kafka_fixtures import create_topic
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TIME = "2025-06-01T12:00:03.250000+00:00"
@@ -250,3 +261,122 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects_nonsense_naming_the_flag(text):
     with pytest.raises(ConfigError, match="--since"):
         tail.parse_duration(text)
+
+
+# --- a real topic, both modes, read back by `dli-bridge tail --json` ------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT = {"job_id": 104, "name": "orders-etl", "status": "job_running", "restart_times": 0}
+
+
+def real_events() -> list[tuple[str, OutRecord]]:
+    """Records the bridge itself would write: a discovery and a failure, in each mode."""
+    failed = {**SNAPSHOT, "status": "job_running_exception"}
+    changes = [diff(None, SNAPSHOT, first_sweep=True), diff(SNAPSHOT, failed)]
+    records = []
+    for mode in ("structured", "binary"):
+        options = EventOptions(region="sim-1", mode=mode)
+        for sequence, change in enumerate(changes, start=1):
+            assert change is not None
+            records.append(
+                (
+                    mode,
+                    build_event(
+                        change,
+                        project_id=PROJECT,
+                        job_id=104,
+                        job_name="orders-etl",
+                        sequence=sequence,
+                        observed_at=datetime(2025, 6, 1, 12, 0, sequence, tzinfo=UTC),
+                        previous_observed_at=None,
+                        options=options,
+                    ),
+                )
+            )
+    return records
+
+
+async def produce(bootstrap: str, topic: str, records: list[OutRecord]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send_and_wait(
+                topic, record.value, key=record.key, headers=list(record.headers)
+            )
+    finally:
+        await producer.stop()
+
+
+async def read_lines(stream: asyncio.StreamReader, count: int, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        while len(lines) < count:
+            line = await stream.readline()
+            if not line:
+                break
+            lines.append(line.decode())
+    return lines
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+async def test_tail_json_prints_structured_events_that_validate_in_both_modes(
+    kafka_bootstrap, topic_name
+):
+    await create_topic(kafka_bootstrap, topic_name, partitions=3)
+    written = real_events()
+    await produce(kafka_bootstrap, topic_name, [record for _, record in written])
+    argv = ["tail", "--bootstrap-servers", kafka_bootstrap, "--topic", topic_name]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        *argv,
+        "--from-beginning",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = await read_lines(proc.stdout, len(written), timeout_s=60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    schema = orjson.loads((ROOT / "schemas" / "job-event" / "v1.json").read_bytes())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    events = [orjson.loads(line) for line in lines]
+    for event in events:
+        validator.validate(event)
+    # one key, one partition: the order is the write order, and the two modes read the same
+    structured = [orjson.loads(r.value or b"") for mode, r in written if mode == "structured"]
+    assert events == structured + structured
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+async def test_tail_filters_and_formats_real_records(kafka_bootstrap, topic_name):
+    await create_topic(kafka_bootstrap, topic_name)
+    await produce(kafka_bootstrap, topic_name, [record for _, record in real_events()])
+    argv = ["tail", "--bootstrap-servers", kafka_bootstrap, "--topic", topic_name]
+    argv += ["--since", "1h", "--type", "status_changed", "--project", PROJECT[:8]]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": ""},
+    )
+    try:
+        assert proc.stdout is not None
+        lines = await read_lines(proc.stdout, 2, timeout_s=60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await proc.communicate()
+    expected = "orders-etl #104  job_running → job_running_exception\n"
+    assert [line.split("  ", 2)[2] for line in lines] == [expected, expected]
+    assert "\x1b[" not in "".join(lines)  # piped: no colour
