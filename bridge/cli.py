@@ -119,6 +119,38 @@ def _cmd_local_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run (owner: engine) -------------------------------------------------------------------
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the bridge: poll DLI, publish job changes to Kafka (foreground)",
+        description="Read FILE and the BRIDGE_* environment, then poll every configured "
+        "project and publish each job change to Kafka until SIGINT or SIGTERM; on a signal "
+        "in-flight cycles get polling.drain_s to commit, then it exits 0. An invalid "
+        "configuration lists every problem and exits 2.",
+    )
+    p.add_argument("--config", metavar="FILE", required=True, help="the TOML configuration file")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=logs.LEVELS,
+        default=argparse.SUPPRESS,
+        help="as the global --log-level",
+    )
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # imported here: aiokafka makes `dli-bridge --help` and the other commands slower
+    from bridge.app import run
+    from bridge.settings import Settings
+
+    asyncio.run(run(Settings.from_env(toml_path=args.config)))
+    return 0
+
+
 # --- check-config (owner: settings) ---------------------------------------------------------
 
 
@@ -524,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_tail(sub)
     _add_local_kafka(sub)
+    _add_run(sub)
     _add_check_config(sub)
     _add_simulate(sub)
     _add_schemas(sub)
