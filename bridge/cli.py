@@ -364,7 +364,7 @@ def _print_line(line: str) -> bool:
 def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "tail",
-        help="print the events topic as readable lines, or as CloudEvent JSON",
+        help="print job events from Kafka, one line each (or JSON)",
         description="Read the events topic as a read_committed consumer (no consumer group) and "
         "print one line per event: time (UTC), project (short id), job name and id, the change "
         "and a warning when a state may have been missed between two polls. Colour on a "
@@ -462,7 +462,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="the whole product on this machine: Kafka, a simulated fleet, the bridge, live events",
+        help="start here: local Kafka, simulated fleet, bridge, live",
         description="Start a local Kafka broker (resolved from Maven Central on the first run, "
         "then cached), a simulated DLI fleet whose jobs start, fail, restart and are "
         "reconfigured, and the bridge polling it; print where each listens, then every event "
