@@ -125,7 +125,7 @@ def _cmd_local_kafka(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
-        help="run the bridge: poll DLI, publish job changes to Kafka (foreground)",
+        help="poll DLI and publish job changes to Kafka (foreground)",
         description="Read FILE and the BRIDGE_* environment, then poll every configured "
         "project and publish each job change to Kafka until SIGINT or SIGTERM; on a signal "
         "in-flight cycles get polling.drain_s to commit, then it exits 0. An invalid "
@@ -157,7 +157,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _add_check_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "check-config",
-        help="validate a config file; print the effective configuration",
+        help="validate a config file, print the effective config",
         description="Read FILE and the BRIDGE_* environment exactly as `dli-bridge run` does. "
         "Prints the effective configuration as JSON (secrets masked) and exits 0, or lists "
         "every problem at once and exits 2.",
@@ -179,7 +179,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _add_schemas(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "schemas",
-        help="write or check the JSON Schema files of what the bridge publishes",
+        help="write or check the JSON Schemas of what is published",
         description="export: write schemas/<name>/v<N>.json from the wire models. check: exit "
         "0 when every file equals what the models produce, else 1 naming each drifted file.",
     )
@@ -530,13 +530,118 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench (owner: bench) -------------------------------------------------------------------
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """argparse type for a number above zero."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number above zero")
+        return value
+
+    return parse
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give job counts like 1000,10000")
+    return sizes
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure the bridge against a bare HTTP loop and the official SDK",
+        description="Start the simulator (own process) and Kafka (local, or "
+        "$KAFKA_BOOTSTRAP_SERVERS), then measure on the same fleet: the bare aiohttp loop, "
+        "the official SDK loop, and `dli-bridge run` in each mode (each its own process). "
+        "Prints one table and the verdict on each target; --sweep adds the scaling sweep.",
+    )
+    whole, number = _positive(int), _positive(float)
+    p.add_argument("--projects", type=whole, default=10, help="projects (default: 10)")
+    p.add_argument("--jobs-per-project", type=whole, default=100, help="default: 100")
+    p.add_argument(
+        "--change-rate",
+        type=_sim_number(0.0, _SIM_MAX_CHANGE_RATE),
+        help="background changes/s across the fleet (default: 1 %% of the jobs a minute)",
+    )
+    p.add_argument(
+        "--mode", choices=["detail", "list", "sweep", "all"], default="all", help="default: all"
+    )
+    p.add_argument("--interval-s", type=number, default=5.0, help="poll interval (default: 5)")
+    p.add_argument("--jitter-s", type=_sim_number(0.0, math.inf), help="default: interval/10")
+    p.add_argument(
+        "--duration", type=number, default=30.0, help="steady window of each row, s (default: 30)"
+    )
+    p.add_argument("--instances", type=whole, default=1, help="bridge processes sharing the work")
+    p.add_argument("--concurrency", type=whole, default=32, help="requests in flight (default: 32)")
+    p.add_argument("--burst", type=whole, default=1000, help="burst changes/s (default: 1000)")
+    p.add_argument("--burst-s", type=number, default=3.0, help="burst length, s (default: 3)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the bare and SDK loops")
+    p.add_argument("--sweep", action="store_true", help="add the list-mode scaling sweep")
+    p.add_argument(
+        "--sweep-sizes", type=_sizes, default=None, help="default: 1000,10000,50000,100000"
+    )
+    p.add_argument("--sweep-interval-s", type=number, default=30.0, help="default: 30")
+    p.add_argument("--sweep-duration", type=number, default=60.0, help="per size, s (default: 60)")
+    p.add_argument("--partitions", type=whole, default=12, help="state partitions (default: 12)")
+    p.add_argument("--bootstrap-servers", help="an existing Kafka (default: local broker)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bridge import bench, benchreport
+
+    config = bench.BenchConfig(
+        projects=args.projects,
+        jobs_per_project=args.jobs_per_project,
+        change_rate=args.change_rate,
+        modes=bench.MODES if args.mode == "all" else (args.mode,),
+        interval_s=args.interval_s,
+        jitter_s=args.jitter_s,
+        duration_s=args.duration,
+        instances=args.instances,
+        concurrency=args.concurrency,
+        burst=args.burst,
+        burst_s=args.burst_s,
+        baselines=not args.no_baselines,
+        sweep_sizes=(args.sweep_sizes or bench.DEFAULT_SWEEP_SIZES) if args.sweep else (),
+        sweep_interval_s=args.sweep_interval_s,
+        sweep_duration_s=args.sweep_duration,
+        partitions=args.partitions,
+        bootstrap_servers=args.bootstrap_servers,
+    )
+    report = asyncio.run(bench.run(config, lambda line: print(line, file=sys.stderr, flush=True)))
+    print(bench.render(report))
+    if args.json:
+        Path(args.json).write_bytes(report.as_json())
+    del benchreport
+    return 0
+
+
 # --- wiring ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dli-bridge",
-        description="Huawei Cloud DLI Flink job changes as typed events in Kafka.",
+        description="Turns the Huawei Cloud DLI Flink job API into typed change events in "
+        "Kafka: every job that starts, fails, restarts or is reconfigured becomes a CloudEvent, "
+        "once and in order per job. New here? `dli-bridge demo` shows it on this machine.",
+        epilog="`dli-bridge COMMAND --help` describes each command and its options.",
     )
     parser.add_argument("--version", action="version", version=f"dli-bridge {__version__}")
     parser.add_argument(
@@ -553,13 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: plain on a terminal, JSON lines otherwise",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # the order a newcomer needs them in
+    _add_run(sub)
     _add_demo(sub)
     _add_tail(sub)
-    _add_local_kafka(sub)
-    _add_run(sub)
-    _add_check_config(sub)
     _add_simulate(sub)
     _add_schemas(sub)
+    _add_bench(sub)
+    _add_check_config(sub)
+    _add_local_kafka(sub)
     return parser
 
 
