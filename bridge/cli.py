@@ -561,7 +561,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure the bridge against a bare HTTP loop and the official SDK",
+        help="compare the bridge with a bare HTTP loop and the SDK",
         description="Start the simulator (own process) and Kafka (local, or "
         "$KAFKA_BOOTSTRAP_SERVERS), then measure on the same fleet: the bare aiohttp loop, "
         "the official SDK loop, and `dli-bridge run` in each mode (each its own process). "
@@ -664,9 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tail(sub)
     _add_simulate(sub)
     _add_schemas(sub)
-    _add_bench(sub)
     _add_check_config(sub)
     _add_local_kafka(sub)
+    _add_bench(sub)  # for developers: last
     return parser
 
 
