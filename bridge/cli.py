@@ -603,7 +603,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bridge import bench, benchreport
+    from bridge import bench
 
     config = bench.BenchConfig(
         projects=args.projects,
@@ -628,7 +628,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(bench.render(report))
     if args.json:
         Path(args.json).write_bytes(report.as_json())
-    del benchreport
     return 0
 
 

@@ -7,6 +7,8 @@ BridgeError                      root: catch this to catch anything of ours
 │                                missing, Maven resolution failed, port taken, not ready)
 ├── MembershipError              fatal: the consumer group refused this member for good
 │                                (authorization, invalid session timeout, coordination died)
+├── BenchError                   fatal: `dli-bridge bench` could not run a part (a child
+│                                process died or never became ready)
 ├── SinkError                    retryable: a Kafka write, restore or admin call failed; the
 │   │                            shard's writer is broken: close_shard, then open_shard again
 │   ├── SinkUnavailable          the broker cannot be reached or did not answer in time
@@ -39,6 +41,7 @@ __all__ = [
     "ApiRejected",
     "ApiUnavailable",
     "AuthError",
+    "BenchError",
     "BridgeError",
     "CircuitOpen",
     "ConfigError",
@@ -117,6 +120,10 @@ class ProducerFencedError(SinkError):
 
 class MembershipError(BridgeError):
     """This instance cannot stay in the consumer group that assigns shards; restart it."""
+
+
+class BenchError(BridgeError):
+    """The benchmark could not run: a child process (simulator, bridge, loop) failed or hung."""
 
 
 class ApiErrorContext(TypedDict, total=False):

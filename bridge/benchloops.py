@@ -1,0 +1,145 @@
+"""The two reference loops the bridge is measured against, each in a process of its own.
+
+- the **bare loop**: aiohttp GET of a job's detail + ``orjson.loads``, at the bridge's
+  concurrency, no diff, no Kafka — the floor of what polling costs in Python;
+- the **SDK loop**: Huawei's official ``huaweicloudsdkdli`` ``show_flink_job`` on a thread
+  pool of the same size — what a user would script instead (it signs every request with
+  AK/SK; the simulator, started without credentials, accepts the signature unchecked).
+
+Each loop runs for a fixed time after a short warm-up and reports its own process CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LoopFigures", "Target", "run_loop"]
+
+log = logging.getLogger(__name__)
+
+Target = tuple[str, int]  # (project_id, job_id)
+WARM_UP_S = 0.5
+# Any AK/SK will do: the simulator runs without credentials and checks no signature.
+_SDK_AK, _SDK_SK = "BENCHAK0000000000001", "bench-secret-key"
+
+
+@dataclass(frozen=True, slots=True)
+class LoopFigures:
+    """What one loop did in its measured window."""
+
+    name: str
+    requests: int
+    errors: int
+    wall_s: float
+    cpu_s: float
+
+
+async def run_loop(
+    kind: str, base_url: str, targets: Sequence[Target], concurrency: int, duration_s: float
+) -> LoopFigures:
+    """Run the ``bare`` or ``sdk`` loop in a fresh (spawned) process and return its figures."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        loop = asyncio.get_running_loop()
+        args = (kind, base_url, list(targets), concurrency, duration_s)
+        return await loop.run_in_executor(pool, _in_child, *args)
+
+
+def _in_child(
+    kind: str, base_url: str, targets: list[Target], concurrency: int, duration_s: float
+) -> LoopFigures:
+    if kind == "bare":
+        run = _bare_runner(base_url, targets, concurrency)
+    else:
+        run = _sdk_runner(base_url, targets, concurrency)
+    run(WARM_UP_S)
+    wall, cpu = time.perf_counter(), time.process_time()
+    done, errors = run(duration_s)
+    return LoopFigures(kind, done, errors, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+Runner = Callable[[float], tuple[int, int]]  # seconds -> (requests, errors)
+
+
+def _bare_runner(base_url: str, targets: list[Target], concurrency: int) -> Runner:
+    def run(seconds: float) -> tuple[int, int]:
+        return asyncio.run(_bare(base_url, targets, concurrency, seconds))
+
+    return run
+
+
+async def _bare(
+    base_url: str, targets: list[Target], concurrency: int, seconds: float
+) -> tuple[int, int]:
+    import aiohttp
+    import orjson
+
+    feed = itertools.cycle(targets)
+    counts = [0, 0]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while loop.time() < deadline:
+                project_id, job_id = next(feed)
+                url = f"{base_url}/v1.0/{project_id}/streaming/jobs/{job_id}"
+                async with session.get(url) as response:
+                    body = await response.read()
+                    counts[response.status != 200] += 1
+                orjson.loads(body)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+    return counts[0], counts[1]
+
+
+def _sdk_runner(base_url: str, targets: list[Target], concurrency: int) -> Runner:
+    local = threading.local()
+
+    def client_for(project_id: str) -> Any:
+        from huaweicloudsdkcore.auth.credentials import BasicCredentials
+        from huaweicloudsdkdli.v1 import DliClient
+
+        clients: dict[str, Any] = local.__dict__.setdefault("clients", {})
+        if project_id not in clients:
+            credentials = BasicCredentials(_SDK_AK, _SDK_SK, project_id)
+            builder = DliClient.new_builder().with_credentials(credentials)
+            clients[project_id] = builder.with_endpoint(base_url).build()
+        return clients[project_id]
+
+    def worker(mine: list[Target], deadline: float) -> tuple[int, int]:
+        from huaweicloudsdkcore.exceptions.exceptions import SdkException
+        from huaweicloudsdkdli.v1 import ShowFlinkJobRequest
+
+        done = errors = 0
+        for project_id, job_id in itertools.cycle(mine):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                client_for(project_id).show_flink_job(ShowFlinkJobRequest(job_id=job_id))
+                done += 1
+            except SdkException:
+                errors += 1
+        return done, errors
+
+    def run(seconds: float) -> tuple[int, int]:
+        deadline = time.monotonic() + seconds
+        slices = [targets[i::concurrency] or targets for i in range(concurrency)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(worker, slices, itertools.repeat(deadline)))
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    logging.getLogger("HuaweiCloud-SDK").setLevel(logging.WARNING)
+    return run

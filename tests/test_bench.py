@@ -1,0 +1,134 @@
+"""`dli-bridge bench` runs end to end on a tiny fleet; its figures are computed as documented."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.benchreport import (
+    Row,
+    SweepPoint,
+    latencies,
+    pages_per_sweep,
+    percentile,
+    table,
+    targets,
+)
+from bridge.benchrun import BridgeSpec, bridge_toml, sample
+from bridge.settings import Settings
+
+ROWS = ("bare loop", "sdk loop", "bridge detail", "bridge list", "bridge sweep")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_bench_runs_and_prints_every_row(kafka_bootstrap: str, tmp_path: Path):
+    out_json = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "bench", "--duration", "3"]
+    tiny = ["--projects", "2", "--jobs-per-project", "5", "--interval-s", "0.5"]
+    small = ["--burst", "10", "--burst-s", "1", "--partitions", "1", "--json", str(out_json)]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    done = subprocess.run(
+        [*argv, *tiny, *small], capture_output=True, text=True, env=env, timeout=170, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for name in ROWS:
+        assert any(line.startswith(name) for line in lines), (name, done.stdout)
+    assert "targets:" in done.stdout
+    report = json.loads(out_json.read_text())
+    assert [row["name"] for row in report["rows"]] == list(ROWS)
+    for row in report["rows"]:
+        assert row["polls_per_s"] > 0, row
+        assert row["cpu_us_per_poll"] > 0, row
+    bridges = [row for row in report["rows"] if row["name"].startswith("bridge")]
+    for row in bridges:
+        assert row["requests_per_job_min"] > 0, row
+        assert row["rss_mb"] > 0, row
+        assert row["changes"] >= row["matched"] >= 0, row
+    assert {t["name"] for t in report["targets"]}
+
+
+@pytest.mark.parametrize(
+    ("jobs", "pages"), [(0, 1), (5, 1), (99, 1), (100, 2), (150, 2), (199, 3), (200, 3)]
+)
+def test_pages_per_sweep_follows_the_one_row_overlap(jobs: int, pages: int):
+    assert pages_per_sweep(jobs) == pages
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) is None
+
+
+def test_each_change_matches_the_first_later_event_with_its_status():
+    commits = [(("p", 1, "running"), 1_500), (("p", 1, "running"), 3_000), (("p", 2, None), 900)]
+    changes = [
+        {"project_id": "p", "job_id": 1, "status_after": "running", "at": 1_000},
+        {"project_id": "p", "job_id": 1, "status_after": "running", "at": 2_000},
+        {"project_id": "p", "job_id": 1, "status_after": "failed", "at": 2_500},  # never seen
+        {"project_id": "p", "job_id": 2, "status_after": None, "at": 950},  # event came before
+    ]
+    assert latencies(changes, commits) == [500.0, 1_000.0]
+
+
+def test_targets_judge_detail_cpu_against_both_loops():
+    rows = [
+        Row("bare loop", 10, 1000.0, 100.0, 0.1),
+        Row("sdk loop", 10, 800.0, 1200.0, 1.0),
+        Row("bridge detail", 10, 10.0, 110.0, 0.001, p99_ms=900.0, interval_s=1.0),
+    ]
+    found = {t.name: t for t in targets(rows, [])}
+    assert found["detail CPU/poll ≤ 1.3 x bare and ≤ 0.1 x SDK"].met is True
+    assert found["bridge detail: change-to-commit p99 ≤ interval + 200 ms"].met is True
+    assert "bridge detail" in table(rows)
+
+
+def test_targets_read_the_sweep_for_scale_figures():
+    def point(jobs: int, cores: float, mode: str = "list") -> SweepPoint:
+        return SweepPoint(jobs, jobs // 200, mode, 30.0, cores, 100.0, 1.5, 0.12, jobs / 30)
+
+    points = [
+        point(10_000, 0.01),
+        point(50_000, 0.05),
+        point(100_000, 0.1),
+        point(100_000, 0.05, "sweep"),
+    ]
+    found = {t.name: t for t in targets([], points)}
+    assert found["linear: CPU per job per sweep at 100k ≤ 1.5 x at 10k"].met is True
+    assert found["≤ 3 KB resident per tracked job at 50,000 jobs"].met is True
+    assert found["list: 100k jobs / 30 s on < 0.2 core, ≤ 0.15 req/job/min"].met is True
+    assert found["sweep mode: ≤ 0.03 req/job/min at 100k / 30 s"].met is False
+
+
+def test_a_bridge_child_config_is_valid_settings(tmp_path: Path):
+    spec = BridgeSpec(
+        name="abc-list-1",
+        mode="list",
+        endpoint="http://127.0.0.1:1",
+        bootstrap_servers="127.0.0.1:9",
+        projects=["p-1", "p-2"],
+        interval_s=5.0,
+        jitter_s=0.5,
+        partitions=3,
+    )
+    path = tmp_path / "bridge.toml"
+    path.write_text(bridge_toml(spec))
+    settings = Settings.from_env({}, toml_path=path)
+    assert settings.projects.ids == ["p-1", "p-2"]
+    assert settings.kafka.topics.events == "bench.abc-list-1.events"
+    assert settings.kafka.transactional_id_prefix == "bench-abc-list-1"
+    assert (settings.polling.mode, settings.kafka.partitions) == ("list", 3)
+
+
+def test_sample_reads_this_process():
+    mine = sample(os.getpid())
+    assert mine.cpu_s > 0
+    assert mine.rss_bytes > 10 * 2**20
