@@ -181,21 +181,26 @@ async def test_demo_shows_events_and_a_signal_stops_everything(stop):
         stderr=asyncio.subprocess.PIPE,
         env={**env, "NO_COLOR": "1"},
     )
+    assert proc.stdout is not None
+    broker: tuple[int, Path] | None = None
     try:
-        assert proc.stdout is not None
         async with asyncio.timeout(150):
             before, events = await event_lines(proc.stdout, 8)
         elapsed = time.monotonic() - began
-        jvm, workdir = broker_of(proc.pid)
-        assert workdir.is_dir()
+        if len(events) == 8:  # else the demo died: its stderr below says why
+            broker = broker_of(proc.pid)
+            assert broker[1].is_dir(), "the broker's temp dir is not where its JVM says"
     finally:
         proc.send_signal(stop)
         async with asyncio.timeout(60):
             _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    assert any(line.startswith("  tail       dli-bridge tail --bootstrap") for line in before)
+    seen = f"stdout:\n{''.join(before + events)}\nstderr (end):\n{err.decode()[-3000:]}"
+    assert proc.returncode == 0, seen
+    assert any(line.startswith("  tail       dli-bridge tail --bootstrap") for line in before), seen
     # the first sweep finds every job: discovered events come first
-    assert sum("discovered (" in line for line in events) >= 4, events
-    assert elapsed < 120
-    assert not alive(jvm), f"the Kafka JVM {jvm} outlived the demo"
-    assert not workdir.exists(), f"{workdir} was left behind"
+    assert sum("discovered (" in line for line in events) >= 4, seen
+    assert elapsed < 120, seen
+    assert broker is not None, seen
+    jvm, workdir = broker
+    assert not alive(jvm), f"the Kafka JVM {jvm} outlived the demo\n{seen}"
+    assert not workdir.exists(), f"{workdir} was left behind\n{seen}"
