@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from bridge.diff import ChangeKind
 from bridge.errors import ConfigError, SinkUnavailable
 from bridge.lifecycle import TRANSITIONAL
 from bridge.models import JsonDict
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP_SERVERS: Final = "127.0.0.1:9092"
 DEFAULT_TOPIC: Final = "dli.jobs.events"
 TYPE_PREFIX: Final = "dli.job."
+KINDS: Final = tuple(kind.value for kind in ChangeKind)
 CONNECT_TIMEOUT_S: Final = 30.0
 TOPIC_POLL_S: Final = 0.5
 
@@ -92,8 +94,14 @@ def json_line(event: JsonDict) -> str:
 
 
 def event_type(kind: str) -> str:
-    """``status_changed`` or ``dli.job.status_changed`` -> ``dli.job.status_changed``."""
-    return kind if kind.startswith(TYPE_PREFIX) else TYPE_PREFIX + kind
+    """``status_changed`` or ``dli.job.status_changed`` -> ``dli.job.status_changed``.
+
+    Raises ConfigError for a kind no event has, so a typo is not a filter that never matches.
+    """
+    full = kind if kind.startswith(TYPE_PREFIX) else TYPE_PREFIX + kind
+    if full.removeprefix(TYPE_PREFIX) not in KINDS:
+        raise ConfigError(f"--type {kind!r}: choose from {', '.join(KINDS)}")
+    return full
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +116,12 @@ class Filters:
     jobs: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", tuple(event_type(t) for t in self.types))
+
     def accepts(self, event: JsonDict) -> bool:
         data = _data(event)
-        if self.types and event.get("type") not in {event_type(t) for t in self.types}:
+        if self.types and event.get("type") not in self.types:
             return False
         project = str(data.get("project_id", ""))
         if self.projects and not any(project.startswith(p) for p in self.projects):

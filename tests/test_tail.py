@@ -106,6 +106,11 @@ def test_filters(filters, accepted):
     assert filters.accepts(event()) is accepted
 
 
+def test_an_unknown_type_is_refused_naming_the_kinds():
+    with pytest.raises(ConfigError, match="--type 'status_change': choose from discovered, "):
+        tail.Filters(types=("status_change",))
+
+
 # --- the line --------------------------------------------------------------------------------
 
 HEAD = "2025-06-01T12:00:03Z  01234567…  orders-etl #104  "
