@@ -12,47 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import random
 import time
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import orjson
 
-from bridge import events, lifecycle, sweep
+from bridge import events, sweep
 from bridge.breaker import BreakerState
 from bridge.client import parse_job_body
-from bridge.diff import JobChange, diff
 from bridge.errors import (
     ApiError,
     AuthError,
     CircuitOpen,
     JobNotFound,
     MalformedResponse,
-    ProducerFencedError,
     RateLimited,
-    SinkError,
 )
 from bridge.metrics import Metrics
 from bridge.models import Fetched, JobListItem, JsonDict
 from bridge.settings import Settings
+from bridge.shard import ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
-from bridge.sink import Batch, ShardWriter, Sink
+from bridge.sink import Sink
+from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint
 
-__all__ = ["JobApi", "PollConfig", "Scheduler", "fingerprint", "ticks"]
+__all__ = ["JobApi", "PollConfig", "Scheduler", "ticks"]
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +50,12 @@ Mode = Literal["detail", "list", "sweep"]
 # A cycle's changes go out in batches of at most this many jobs: a first sweep of a big
 # project must not become one giant transaction.
 MAX_BATCH_JOBS = 500
-# Distinct malformed bodies remembered per project (so each goes to the DLQ once).
-DEAD_LETTER_MEMORY = 10_000
-# Reopening a shard after a sink failure backs off up to this long.
-REOPEN_MAX_DELAY_S = 30.0
 
 # A `show_detail=true` row lacks `user_name`, `root_id` (light-row and detail fields) and
 # `duration` (light rows only): in sweep mode they are never compared, so a snapshot taken
 # from a detail call (a delete check, a transitional poll, or state written in another mode)
 # does not read as an update. See bridge/simulator/render.py and reference §1.3.
 SWEEP_ONLY_DIFFER: tuple[str, ...] = ("user_name", "root_id", "duration")
-
-
-def fingerprint(data: bytes) -> bytes:
-    """16 bytes that differ when ``data`` does: compared before anything is parsed."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class JobApi(Protocol):
@@ -139,16 +119,6 @@ class PollConfig:
 # --- cadence ------------------------------------------------------------------------------------
 
 
-async def wait_stop(stop: asyncio.Event, deadline: float) -> bool:
-    """Sleep until the loop time ``deadline``; False as soon as ``stop`` is set."""
-    if stop.is_set():
-        return False
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout_at(deadline):
-            await stop.wait()
-    return not stop.is_set()
-
-
 async def ticks(
     period_s: float, jitter_s: float, stop: asyncio.Event, rng: random.Random
 ) -> AsyncGenerator[float, None]:
@@ -165,91 +135,6 @@ async def ticks(
         n = max(n + 1, math.ceil((loop.time() - start) / period_s))
 
 
-# --- what the engine remembers -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Tracked:
-    """One job as last committed: compact snapshot bytes plus their fingerprint."""
-
-    sequence: int
-    snapshot: bytes
-    fingerprint: bytes  # of the body (detail) or row bytes (sweep) the snapshot came from
-    observed_at: datetime
-    known: sweep.Known
-
-
-@dataclass(slots=True, eq=False)
-class ProjectState:
-    """The jobs of one project; replaced wholesale whenever its shard is restored."""
-
-    project_id: str
-    jobs: dict[int, Tracked] = field(default_factory=dict)
-    discovering: bool = True  # no restored state: the first complete sweep says "discovered"
-    to_discover: set[int] | None = None  # the jobs of that sweep not yet committed
-    transitional: set[int] = field(default_factory=set)
-    sent_dead_letters: set[tuple[int | None, bytes]] = field(default_factory=set)
-    last_breaker: BreakerState = BreakerState.CLOSED
-    sweep_failing: bool = False
-
-    def discovers(self, job_id: int) -> bool:
-        """Whether a first sight of ``job_id`` is a discovery (else it was created)."""
-        return self.discovering and (self.to_discover is None or job_id in self.to_discover)
-
-    def note_sweep(self, rows: Iterable[int]) -> None:
-        """After a complete sweep's commit: discovery ends once its jobs are all known."""
-        if not self.discovering:
-            return
-        listed = set(rows)
-        pending = listed if self.to_discover is None else self.to_discover & listed
-        self.to_discover = pending - self.jobs.keys()
-        if not self.to_discover:
-            self.discovering, self.to_discover = False, None
-
-    def set_status(self, job_id: int, status: str | None) -> None:
-        if status in lifecycle.TRANSITIONAL:
-            self.transitional.add(job_id)
-        else:
-            self.transitional.discard(job_id)
-
-
-@dataclass(slots=True)
-class Seen:
-    """A change one cycle observed, waiting for its commit."""
-
-    job_id: int
-    change: JobChange
-    snapshot: bytes | None  # None: deleted
-    fingerprint: bytes
-    row_fp: bytes | None
-    observed_at: float  # epoch seconds
-
-
-@dataclass(slots=True)
-class Cycle:
-    """What one poll cycle of one project collected."""
-
-    project: ProjectState
-    epoch: int
-    seen: list[Seen] = field(default_factory=list)
-    dead: dict[tuple[int | None, bytes], events.OutRecord] = field(default_factory=dict)
-    rows: dict[int, JsonDict] | None = None
-    row_fps: dict[int, bytes] = field(default_factory=dict)
-    row_bytes: dict[int, bytes] = field(default_factory=dict)  # sweep mode: the snapshots
-
-
-def _utc(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)
-
-
-def _tracked_from(value: events.StateValue) -> Tracked:
-    snapshot = value.snapshot
-    status = orjson.loads(snapshot).get("status")
-    observed = value.observed_at
-    known = sweep.Known(value.row_fingerprint, observed.timestamp(), status)
-    return Tracked(value.sequence, snapshot, value.fingerprint, observed, known)
-
-
 def _api_outcome(exc: ApiError) -> str:
     for kind, name in (
         (JobNotFound, "not_found"),
@@ -261,142 +146,6 @@ def _api_outcome(exc: ApiError) -> str:
         if isinstance(exc, kind):
             return name
     return "unavailable" if exc.retryable else "rejected"
-
-
-def _chunks(items: Sequence[Seen], size: int) -> Iterator[Sequence[Seen]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-# --- one shard -----------------------------------------------------------------------------------
-
-ShardStatus = Literal["restoring", "ready", "sink_down", "stopped"]
-
-
-class ShardRunner:
-    """One owned shard: its writer, its projects' state, the lock its writes take, readiness.
-
-    ``ensure_open`` (re)opens the shard with backoff while its projects wait; ``write`` runs
-    one batch unless the shard was reopened since the cycle began (``epoch``), in which case
-    the batch is dropped: the restored state may already hold it, and the next cycle derives
-    it again from that truth.
-    """
-
-    def __init__(self, shard: int, generation: int, project_ids: Sequence[str], sink: Sink) -> None:
-        self.shard = shard
-        self.generation = generation
-        self.project_ids = tuple(project_ids)
-        self.projects = {p: ProjectState(p) for p in self.project_ids}
-        self.status: ShardStatus = "restoring"
-        self.epoch = 0
-        self.lock = asyncio.Lock()
-        self.stop = asyncio.Event()
-        self.closed = asyncio.Event()
-        self._sink = sink
-        self._writer: ShardWriter | None = None
-        self._failures = 0
-        self._rng = random.Random()
-
-    def __repr__(self) -> str:
-        jobs = sum(len(p.jobs) for p in self.projects.values())
-        return (
-            f"<ShardRunner {self.shard} gen={self.generation} {self.status} "
-            f"projects={len(self.projects)} jobs={jobs}>"
-        )
-
-    def ready(self) -> bool:
-        return self.status == "ready"
-
-    async def ensure_open(self) -> bool:
-        """Wait until the shard is open and restored; False when told to stop first."""
-        if self.ready():
-            return True
-        loop = asyncio.get_running_loop()
-        async with self.lock:
-            while not self.ready() and not self.stop.is_set():
-                if await self._try_open():
-                    break
-                delay = min(REOPEN_MAX_DELAY_S, 0.25 * 2 ** min(self._failures, 8))
-                await wait_stop(self.stop, loop.time() + delay * self._rng.uniform(0.5, 1.0))
-        return self.ready()
-
-    async def _try_open(self) -> bool:
-        if self._writer is not None:
-            self._writer = None
-            await self._close_quietly()
-        started = time.monotonic()
-        try:
-            writer, restored = await self._sink.open_shard(self.shard, self.generation)
-        except SinkError as exc:
-            self._failures += 1
-            log.warning("shard %d: open failed (%r), retry %d", self.shard, exc, self._failures)
-            return False
-        ignored = self._install(restored)
-        self._writer, self._failures, self.status = writer, 0, "ready"
-        self.epoch += 1
-        log.info(
-            "shard %d open: %d jobs restored in %.2f s%s",
-            self.shard,
-            len(restored) - ignored,
-            time.monotonic() - started,
-            f" ({ignored} records of projects not watched here ignored)" if ignored else "",
-        )
-        return True
-
-    def _install(self, restored: Mapping[bytes, events.StateValue]) -> int:
-        fresh = {
-            pid: ProjectState(
-                pid, sent_dead_letters=old.sent_dead_letters, last_breaker=old.last_breaker
-            )
-            for pid, old in self.projects.items()
-        }
-        ignored = 0
-        for value in restored.values():
-            project = fresh.get(value.project_id)
-            if project is None:
-                ignored += 1
-                continue
-            tracked = _tracked_from(value)
-            project.jobs[value.job_id] = tracked
-            project.discovering = False
-            project.set_status(value.job_id, tracked.known.status)
-        self.projects = fresh
-        return ignored
-
-    async def write(self, epoch: int, batch: Batch) -> bool:
-        """Write ``batch`` if the shard is still the one the cycle started on."""
-        async with self.lock:
-            if epoch != self.epoch or not self.ready() or self._writer is None:
-                return False
-            try:
-                await self._writer.write(batch)
-            except SinkError as exc:
-                self._fail(exc)
-                return False
-            return True
-
-    def _fail(self, exc: SinkError) -> None:
-        self.status = "sink_down"
-        if isinstance(exc, ProducerFencedError):
-            # Static ownership (one instance owns every shard): reopening fences the other
-            # writer in turn. Membership will stop the shard here instead.
-            log.error("shard %d: producer fenced (%r); reopening", self.shard, exc)
-        else:
-            log.warning("shard %d: write failed (%r); pausing its projects", self.shard, exc)
-
-    async def close(self) -> None:
-        self.status = "stopped"
-        self._writer = None
-        try:
-            await self._close_quietly()
-        finally:
-            self.closed.set()
-
-    async def _close_quietly(self) -> None:
-        try:
-            await self._sink.close_shard(self.shard)
-        except SinkError as exc:
-            log.warning("shard %d: close failed (%r)", self.shard, exc)
 
 
 # --- the scheduler -------------------------------------------------------------------------------
@@ -519,7 +268,7 @@ class Scheduler:
         if not await runner.ensure_open():
             return
         project = runner.projects[project_id]
-        cycle = Cycle(project, runner.epoch)
+        cycle = Cycle(project, runner.epoch, self.config.ignore)
         try:
             outcome = await self._cycle(runner, cycle, full=full)
         except Exception:
@@ -558,7 +307,7 @@ class Scheduler:
         except ApiError as exc:
             self._api_done("list", _api_outcome(exc), started)
             if isinstance(exc, MalformedResponse):
-                self._dead_letter(cycle, None, exc, self._clock())
+                cycle.dead_letter(None, exc, self._clock())
             self._sweep_state(cycle.project, exc)
             return None
         self._sweep_state(cycle.project, None)
@@ -634,8 +383,7 @@ class Scheduler:
         """Sweep mode: each show_detail row is the job's snapshot."""
         observed = self._clock()
         for job_id, raw in (cycle.rows or {}).items():
-            fp = cycle.row_fps[job_id]
-            self._judge_doc(cycle, job_id, raw, cycle.row_bytes[job_id], fp, observed)
+            cycle.judge(job_id, raw, cycle.row_bytes[job_id], cycle.row_fps[job_id], observed)
 
     async def _fetch_all(
         self, cycle: Cycle, job_ids: Sequence[int], confirm: frozenset[int]
@@ -662,7 +410,7 @@ class Scheduler:
         except JobNotFound:
             self._api_done("detail", "not_found", started)
             if confirm_delete:
-                self._deleted(cycle, job_id)
+                cycle.deleted(job_id, self._clock())
             return
         except ApiError as exc:
             self._api_done("detail", _api_outcome(exc), started)
@@ -671,174 +419,52 @@ class Scheduler:
         self._api_done("detail", "ok", started)
         self._judge_body(cycle, job_id, body, self._clock())
 
-    def _judge_body(self, cycle: Cycle, job_id: int, body: bytes, observed: float) -> None:
+    @staticmethod
+    def _judge_body(cycle: Cycle, job_id: int, body: bytes, observed: float) -> None:
         fp = fingerprint(body)
-        tracked = cycle.project.jobs.get(job_id)
-        if tracked is not None and tracked.fingerprint == fp:
-            # The same bytes as last time: unchanged, and nothing was parsed to know it.
-            self._touch(tracked, cycle.row_fps.get(job_id), observed)
+        if cycle.unchanged(job_id, fp, observed):
             return
         pid = cycle.project.project_id
         try:
             raw = parse_job_body(body, project_id=pid, job_id=job_id).raw
         except MalformedResponse as exc:
-            self._dead_letter(cycle, job_id, exc, observed)
+            cycle.dead_letter(job_id, exc, observed)
             return
         except ApiError as exc:  # is_success false in a 2xx answer
             log.info("project %s job %d: detail refused (%r)", pid, job_id, exc)
             return
-        self._judge_doc(cycle, job_id, raw, None, fp, observed)
-
-    def _judge_doc(
-        self,
-        cycle: Cycle,
-        job_id: int,
-        raw: JsonDict,
-        data: bytes | None,
-        fp: bytes,
-        observed: float,
-    ) -> None:
-        tracked = cycle.project.jobs.get(job_id)
-        row_fp = cycle.row_fps.get(job_id)
-        if tracked is not None and tracked.fingerprint == fp:
-            self._touch(tracked, row_fp, observed)
-            return
-        before = orjson.loads(tracked.snapshot) if tracked is not None else None
-        first = tracked is None and cycle.project.discovers(job_id)
-        change = diff(before, raw, ignore=self.config.ignore, first_sweep=first)
-        if change is None:
-            assert tracked is not None  # diff(None, doc) is always a change
-            tracked.fingerprint = fp
-            self._touch(tracked, row_fp, observed)
-            return
-        snapshot = data if data is not None else orjson.dumps(raw)
-        cycle.seen.append(Seen(job_id, change, snapshot, fp, row_fp, observed))
-
-    @staticmethod
-    def _touch(tracked: Tracked, row_fp: bytes | None, observed: float) -> None:
-        tracked.known.detail_at = observed
-        if row_fp is not None:
-            tracked.known.row_fp = row_fp
-
-    def _deleted(self, cycle: Cycle, job_id: int) -> None:
-        tracked = cycle.project.jobs.get(job_id)
-        if tracked is None:
-            return
-        change = diff(orjson.loads(tracked.snapshot), None, ignore=self.config.ignore)
-        if change is not None:
-            cycle.seen.append(Seen(job_id, change, None, b"", None, self._clock()))
-
-    def _dead_letter(
-        self, cycle: Cycle, job_id: int | None, exc: MalformedResponse, observed: float
-    ) -> None:
-        error = f"{exc.message}: {exc.detail}" if exc.detail else exc.message
-        # A list page carries volatile fields (duration), so its bytes differ on every sweep:
-        # a broken page is remembered by what is wrong with it, a job's body by its bytes.
-        key = (job_id, fingerprint(exc.body if job_id is not None else error.encode()))
-        if key in cycle.project.sent_dead_letters or key in cycle.dead:
-            return
-        cycle.dead[key] = events.dead_letter(
-            project_id=cycle.project.project_id,
-            job_id=job_id,
-            body=exc.body,
-            error=error,
-            request_id=exc.request_id,
-            observed_at=_utc(observed),
-        )
+        cycle.judge(job_id, raw, None, fp, observed)
 
     # --- commit ----------------------------------------------------------------------------
 
     async def _commit(self, runner: ShardRunner, cycle: Cycle) -> bool:
         """Write what the cycle saw, batch by batch; state moves after each write returns."""
         dead = list(cycle.dead.items())
-        chunks = list(_chunks(cycle.seen, MAX_BATCH_JOBS)) or ([()] if dead else [])
-        for chunk in chunks:
-            batch = self._batch(runner, cycle.project, chunk, [record for _, record in dead])
-            if not await runner.write(cycle.epoch, batch):
+        pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS)) or ([()] if dead else [])
+        for piece in pieces:
+            records = batch(
+                cycle.project,
+                piece,
+                [record for _, record in dead],
+                options=self.config.event_options,
+                generation=runner.generation,
+            )
+            if not await runner.write(cycle.epoch, records):
                 self.metrics.transactions.labels("failed").inc()
                 return False
             self.metrics.transactions.labels("committed").inc()
-            self._apply(cycle.project, chunk, [key for key, _ in dead])
+            cycle.project.commit(piece, [key for key, _ in dead])
+            self._count_commit(piece, len(dead))
             dead = []
         return True
 
-    def _batch(
-        self,
-        runner: ShardRunner,
-        project: ProjectState,
-        chunk: Sequence[Seen],
-        dead: Sequence[events.OutRecord],
-    ) -> Batch:
-        pid, options = project.project_id, self.config.event_options
-        out: list[events.OutRecord] = []
-        state: list[events.OutRecord] = []
-        for seen in chunk:
-            tracked = project.jobs.get(seen.job_id)
-            sequence = (tracked.sequence if tracked is not None else 0) + 1
-            observed_at = _utc(seen.observed_at)
-            out.append(
-                events.build_event(
-                    seen.change,
-                    project_id=pid,
-                    job_id=seen.job_id,
-                    job_name=_job_name(seen.change),
-                    sequence=sequence,
-                    observed_at=observed_at,
-                    previous_observed_at=tracked.observed_at if tracked is not None else None,
-                    options=options,
-                )
-            )
-            if seen.snapshot is None:
-                state.append(events.state_tombstone(pid, seen.job_id, runner.generation))
-                continue
-            row_fp = seen.row_fp
-            if row_fp is None and tracked is not None:
-                row_fp = tracked.known.row_fp
-            state.append(
-                events.state_record(
-                    project_id=pid,
-                    job_id=seen.job_id,
-                    sequence=sequence,
-                    snapshot=seen.snapshot,
-                    fingerprint=seen.fingerprint,
-                    row_fingerprint=row_fp,
-                    observed_at=observed_at,
-                    generation=runner.generation,
-                )
-            )
-        return Batch(events=out, state=state, dead_letters=dead)
-
-    def _apply(
-        self,
-        project: ProjectState,
-        chunk: Sequence[Seen],
-        dead: Sequence[tuple[int | None, bytes]],
-    ) -> None:
-        """After the write: the committed changes become what we remember."""
+    def _count_commit(self, piece: Sequence[Seen], dead_letters: int) -> None:
         now = self._clock()
-        for seen in chunk:
+        for seen in piece:
             self.metrics.events.labels(seen.change.kind.value).inc()
             self.metrics.change_to_commit.observe(max(0.0, now - seen.observed_at))
-            tracked = project.jobs.get(seen.job_id)
-            if seen.snapshot is None:
-                project.jobs.pop(seen.job_id, None)
-                project.set_status(seen.job_id, None)
-                continue
-            status = seen.change.status_after
-            known = tracked.known if tracked is not None else sweep.Known(None, None, None)
-            known.status, known.detail_at = status, seen.observed_at
-            if seen.row_fp is not None:
-                known.row_fp = seen.row_fp
-            sequence = (tracked.sequence if tracked is not None else 0) + 1
-            project.jobs[seen.job_id] = Tracked(
-                sequence, seen.snapshot, seen.fingerprint, _utc(seen.observed_at), known
-            )
-            project.set_status(seen.job_id, status)
-        if len(project.sent_dead_letters) + len(dead) > DEAD_LETTER_MEMORY:
-            project.sent_dead_letters.clear()
-        project.sent_dead_letters.update(dead)
-        for _ in dead:
-            self.metrics.dead_letters.labels("malformed").inc()
+        if dead_letters:
+            self.metrics.dead_letters.labels("malformed").inc(dead_letters)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -857,9 +483,3 @@ class Scheduler:
         self.metrics.breaker_open.labels(project.project_id).set(
             0 if state is BreakerState.CLOSED else 1
         )
-
-
-def _job_name(change: JobChange) -> str | None:
-    doc = change.after if change.after is not None else change.before
-    name = doc.get("name") if doc is not None else None
-    return name if isinstance(name, str) else None

@@ -119,7 +119,9 @@ def compare(
             problem = _matched(change, next_at, by_job.get(job, []))
             if problem:
                 problems.append(
-                    f"{job} {change.kind}->{change.status_after} at {change.at}: {problem}"
+                    f"{job} {change.kind}->{change.status_after} at {change.at}: {problem}\n"
+                    f"  truth: {[(c.kind, c.status_after, c.at) for c in job_changes]}\n"
+                    f"  events: {[_brief(d) for d in by_job.get(job, [])]}"
                 )
     return Verdict(checked, problems)
 
@@ -145,6 +147,18 @@ def sequence_problems(by_job: Mapping[tuple[str, int], Sequence[Mapping[str, Any
     return problems
 
 
+def _brief(data: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        data["sequence"],
+        data["kind"],
+        data["status_before"],
+        data["status_after"],
+        int(_observed_ms(data)),
+        data["changed"],
+        data["possibly_missed"],
+    )
+
+
 def _observed_ms(data: Mapping[str, Any]) -> float:
     from datetime import datetime
 
@@ -159,13 +173,17 @@ def _matched(change: Any, next_at: float, job_events: Sequence[Mapping[str, Any]
     """Whether an event observed while ``change`` was the job's latest state reports it.
 
     A change merged with an earlier one that came too close (a job created and started
-    within one interval) is reported by an event of the higher kind; that counts too.
+    within one interval) is reported by an event of the higher kind; a return to the
+    status the bridge last saw (running → exception → running) by an event flagged
+    ``possibly_missed``; both count.
     """
     during = [d for d in job_events if change.at - 5 <= _observed_ms(d) <= next_at + 50]
     if not during:
         return "never published"
     for data in during:
-        if RANK[data["kind"]] < RANK[change.kind]:
+        # A state that came and went between two polls: the event says it may have missed it.
+        flagged = data["possibly_missed"] and data["status_after"] == change.status_after
+        if RANK[data["kind"]] < RANK[change.kind] and not flagged:
             continue
         if change.kind == "deleted" or data["status_after"] == change.status_after:
             return ""

@@ -19,10 +19,11 @@ from bridge.client import DliClient, new_session
 from bridge.errors import SinkUnavailable
 from bridge.lifecycle import JobStatus
 from bridge.metrics import Metrics
-from bridge.scheduler import PollConfig, Scheduler, fingerprint, ticks
+from bridge.scheduler import PollConfig, Scheduler, ticks
 from bridge.settings import ApiSettings
 from bridge.simulator import Simulator
 from bridge.sink import MemorySink
+from bridge.tracking import fingerprint
 from tests.kafka_fixtures import eventually
 
 PARTITIONS = 4

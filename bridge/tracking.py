@@ -1,0 +1,291 @@
+"""What the engine remembers per job, and how one observation becomes a change and records.
+
+No I/O here: the scheduler fetches, this module judges what came back against what was last
+committed (fingerprint first, parse and diff only when the bytes differ), turns a cycle's
+changes into one sink batch, and moves the remembered state once that batch is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from bridge import events, lifecycle, sweep
+from bridge.breaker import BreakerState
+from bridge.diff import JobChange, diff
+from bridge.errors import MalformedResponse
+from bridge.models import JsonDict
+from bridge.sink import Batch
+
+__all__ = [
+    "Cycle",
+    "ProjectState",
+    "Seen",
+    "Tracked",
+    "batch",
+    "chunks",
+    "fingerprint",
+    "restore",
+    "utc",
+]
+
+# Distinct malformed bodies remembered per project (so each goes to the DLQ once).
+DEAD_LETTER_MEMORY = 10_000
+
+DeadKey = tuple[int | None, bytes]
+
+
+def fingerprint(data: bytes) -> bytes:
+    """16 bytes that differ when ``data`` does: compared before anything is parsed."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+@dataclass(slots=True)
+class Tracked:
+    """One job as last committed: compact snapshot bytes plus their fingerprint."""
+
+    sequence: int
+    snapshot: bytes
+    fingerprint: bytes  # of the body (detail) or row bytes (sweep) the snapshot came from
+    observed_at: datetime
+    known: sweep.Known
+
+    def touch(self, row_fp: bytes | None, observed: float) -> None:
+        """Seen again, unchanged: the list-mode plan counts it as freshly fetched."""
+        self.known.detail_at = observed
+        if row_fp is not None:
+            self.known.row_fp = row_fp
+
+
+@dataclass(slots=True)
+class Seen:
+    """A change one cycle observed, waiting for its commit."""
+
+    job_id: int
+    change: JobChange
+    snapshot: bytes | None  # None: deleted
+    fingerprint: bytes
+    row_fp: bytes | None
+    observed_at: float  # epoch seconds
+
+
+@dataclass(slots=True, eq=False)
+class ProjectState:
+    """The jobs of one project; replaced wholesale whenever its shard is restored."""
+
+    project_id: str
+    jobs: dict[int, Tracked] = field(default_factory=dict)
+    discovering: bool = True  # no restored state: the first complete sweep says "discovered"
+    to_discover: set[int] | None = None  # the jobs of that sweep not yet committed
+    transitional: set[int] = field(default_factory=set)
+    sent_dead_letters: set[DeadKey] = field(default_factory=set)
+    last_breaker: BreakerState = BreakerState.CLOSED
+    sweep_failing: bool = False
+
+    def discovers(self, job_id: int) -> bool:
+        """Whether a first sight of ``job_id`` is a discovery (else it was created)."""
+        return self.discovering and (self.to_discover is None or job_id in self.to_discover)
+
+    def note_sweep(self, rows: Iterable[int]) -> None:
+        """After a complete sweep's commit: discovery ends once its jobs are all known.
+
+        A job of the first sweep whose detail failed (throttled, malformed) is still
+        ``discovered`` when it finally comes through; a job that appears later is created.
+        """
+        if not self.discovering:
+            return
+        listed = set(rows)
+        pending = listed if self.to_discover is None else self.to_discover & listed
+        self.to_discover = pending - self.jobs.keys()
+        if not self.to_discover:
+            self.discovering, self.to_discover = False, None
+
+    def set_status(self, job_id: int, status: str | None) -> None:
+        if status in lifecycle.TRANSITIONAL:
+            self.transitional.add(job_id)
+        else:
+            self.transitional.discard(job_id)
+
+    def commit(self, chunk: Sequence[Seen], dead: Sequence[DeadKey]) -> None:
+        """After the write returned: the written changes become what we remember."""
+        for seen in chunk:
+            tracked = self.jobs.get(seen.job_id)
+            if seen.snapshot is None:
+                self.jobs.pop(seen.job_id, None)
+                self.set_status(seen.job_id, None)
+                continue
+            status = seen.change.status_after
+            known = tracked.known if tracked is not None else sweep.Known(None, None, None)
+            known.status, known.detail_at = status, seen.observed_at
+            if seen.row_fp is not None:
+                known.row_fp = seen.row_fp
+            sequence = (tracked.sequence if tracked is not None else 0) + 1
+            self.jobs[seen.job_id] = Tracked(
+                sequence, seen.snapshot, seen.fingerprint, utc(seen.observed_at), known
+            )
+            self.set_status(seen.job_id, status)
+        if len(self.sent_dead_letters) + len(dead) > DEAD_LETTER_MEMORY:
+            self.sent_dead_letters.clear()
+        self.sent_dead_letters.update(dead)
+
+
+@dataclass(slots=True)
+class Cycle:
+    """What one poll cycle of one project collected, judged against the project's state."""
+
+    project: ProjectState
+    epoch: int
+    ignore: Collection[str]
+    seen: list[Seen] = field(default_factory=list)
+    dead: dict[DeadKey, events.OutRecord] = field(default_factory=dict)
+    rows: dict[int, JsonDict] | None = None
+    row_fps: dict[int, bytes] = field(default_factory=dict)
+    row_bytes: dict[int, bytes] = field(default_factory=dict)  # sweep mode: the snapshots
+
+    def unchanged(self, job_id: int, fp: bytes, observed: float) -> bool:
+        """The same bytes as last time: unchanged, and nothing was parsed to know it."""
+        tracked = self.project.jobs.get(job_id)
+        if tracked is None or tracked.fingerprint != fp:
+            return False
+        tracked.touch(self.row_fps.get(job_id), observed)
+        return True
+
+    def judge(
+        self, job_id: int, raw: JsonDict, data: bytes | None, fp: bytes, observed: float
+    ) -> None:
+        """Compare a fresh view of a job (``data``: its bytes, when at hand) with memory."""
+        if self.unchanged(job_id, fp, observed):
+            return
+        tracked = self.project.jobs.get(job_id)
+        before = orjson.loads(tracked.snapshot) if tracked is not None else None
+        first = tracked is None and self.project.discovers(job_id)
+        change = diff(before, raw, ignore=self.ignore, first_sweep=first)
+        if change is None:
+            assert tracked is not None  # diff(None, doc) is always a change
+            tracked.fingerprint = fp  # only ignored fields moved: remember the new bytes
+            tracked.touch(self.row_fps.get(job_id), observed)
+            return
+        snapshot = data if data is not None else orjson.dumps(raw)
+        self.seen.append(Seen(job_id, change, snapshot, fp, self.row_fps.get(job_id), observed))
+
+    def deleted(self, job_id: int, observed: float) -> None:
+        tracked = self.project.jobs.get(job_id)
+        if tracked is None:
+            return
+        change = diff(orjson.loads(tracked.snapshot), None, ignore=self.ignore)
+        if change is not None:
+            self.seen.append(Seen(job_id, change, None, b"", None, observed))
+
+    def dead_letter(self, job_id: int | None, exc: MalformedResponse, observed: float) -> None:
+        """One dead letter per distinct broken answer, not one per poll."""
+        error = f"{exc.message}: {exc.detail}" if exc.detail else exc.message
+        # A list page carries volatile fields (duration), so its bytes differ on every sweep:
+        # a broken page is remembered by what is wrong with it, a job's body by its bytes.
+        key = (job_id, fingerprint(exc.body if job_id is not None else error.encode()))
+        if key in self.project.sent_dead_letters or key in self.dead:
+            return
+        self.dead[key] = events.dead_letter(
+            project_id=self.project.project_id,
+            job_id=job_id,
+            body=exc.body,
+            error=error,
+            request_id=exc.request_id,
+            observed_at=utc(observed),
+        )
+
+
+def restore(
+    projects: Mapping[str, ProjectState], restored: Mapping[bytes, events.StateValue]
+) -> tuple[dict[str, ProjectState], int]:
+    """Fresh project states from a shard's restored state; also how many records were ignored
+    (projects this instance does not watch). Dead-letter memory and breaker state carry over.
+    """
+    fresh = {
+        pid: ProjectState(
+            pid, sent_dead_letters=old.sent_dead_letters, last_breaker=old.last_breaker
+        )
+        for pid, old in projects.items()
+    }
+    ignored = 0
+    for value in restored.values():
+        project = fresh.get(value.project_id)
+        if project is None:
+            ignored += 1
+            continue
+        status = orjson.loads(value.snapshot).get("status")
+        observed = value.observed_at
+        known = sweep.Known(value.row_fingerprint, observed.timestamp(), status)
+        project.jobs[value.job_id] = Tracked(
+            value.sequence, value.snapshot, value.fingerprint, observed, known
+        )
+        project.discovering = False
+        project.set_status(value.job_id, status)
+    return fresh, ignored
+
+
+def batch(
+    project: ProjectState,
+    chunk: Sequence[Seen],
+    dead: Sequence[events.OutRecord],
+    *,
+    options: events.EventOptions,
+    generation: int,
+) -> Batch:
+    """The records of ``chunk``: one event and one state record (or tombstone) per job."""
+    pid = project.project_id
+    out: list[events.OutRecord] = []
+    state: list[events.OutRecord] = []
+    for seen in chunk:
+        tracked = project.jobs.get(seen.job_id)
+        sequence = (tracked.sequence if tracked is not None else 0) + 1
+        observed_at = utc(seen.observed_at)
+        out.append(
+            events.build_event(
+                seen.change,
+                project_id=pid,
+                job_id=seen.job_id,
+                job_name=_job_name(seen.change),
+                sequence=sequence,
+                observed_at=observed_at,
+                previous_observed_at=tracked.observed_at if tracked is not None else None,
+                options=options,
+            )
+        )
+        if seen.snapshot is None:
+            state.append(events.state_tombstone(pid, seen.job_id, generation))
+            continue
+        row_fp = seen.row_fp
+        if row_fp is None and tracked is not None:
+            row_fp = tracked.known.row_fp
+        state.append(
+            events.state_record(
+                project_id=pid,
+                job_id=seen.job_id,
+                sequence=sequence,
+                snapshot=seen.snapshot,
+                fingerprint=seen.fingerprint,
+                row_fingerprint=row_fp,
+                observed_at=observed_at,
+                generation=generation,
+            )
+        )
+    return Batch(events=out, state=state, dead_letters=dead)
+
+
+def chunks(items: Sequence[Seen], size: int) -> Iterator[Sequence[Seen]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _job_name(change: JobChange) -> str | None:
+    doc = change.after if change.after is not None else change.before
+    name = doc.get("name") if doc is not None else None
+    return name if isinstance(name, str) else None
