@@ -21,6 +21,7 @@ from bridge.lifecycle import JobStatus
 from bridge.metrics import Metrics
 from bridge.scheduler import PollConfig, Scheduler, ticks
 from bridge.settings import ApiSettings
+from bridge.sharding import shard_of
 from bridge.simulator import Simulator
 from bridge.sink import MemorySink
 from bridge.tracking import fingerprint
@@ -383,3 +384,23 @@ async def test_throttled_project_does_not_delay_another(make_simulator):
             slow_events = eng.events(slow)
     assert took < 0.2 + 0.5  # one interval plus slack
     assert slow_events == []
+
+
+async def test_a_shard_stopped_and_started_again_resumes_from_its_state(make_simulator):
+    """What membership does on a rebalance: the shard's loops end, it closes, and a later
+    start restores what was committed: no second discovery, sequences go on."""
+    async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = min(sim.fleet.projects[pid].jobs)
+        async with engine(url, [pid]) as eng:
+            await until(lambda: len(eng.events()) >= 3, "discovered")
+            shard = shard_of(pid, PARTITIONS)
+            await eng.scheduler.stop_shard(shard)
+            assert shard not in eng.scheduler.shard_status()
+            sim.update_job(pid, job_id, desc="while nobody owned the shard")
+            eng.scheduler.start_shard(shard, generation=1)
+            await until(lambda: len(eng.of_job(pid, job_id)) >= 2, "the update")
+            await asyncio.sleep(0.4)
+            events = eng.events()
+    assert kinds(events).count("discovered") == 3
+    assert [e["data"]["sequence"] for e in eng.of_job(pid, job_id)] == [1, 2]
