@@ -1,9 +1,15 @@
-"""The composition root: builds every part from Settings and stacks their lifetimes."""
+"""The composition root: builds every part from Settings and stacks their lifetimes.
+
+With the Kafka sink every instance joins one consumer group on the state topic and polls the
+shards Kafka assigns it (DESIGN.md, "Guarantees and scale-out"); an injected sink (tests,
+MemorySink) owns every shard.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Sequence
@@ -14,10 +20,13 @@ from typing import Self
 from bridge.auth import auth_from_settings
 from bridge.client import DliClient, new_session
 from bridge.health import HealthServer, Readiness
+from bridge.membership import Membership
 from bridge.metrics import Metrics
 from bridge.scheduler import PollConfig, Scheduler
 from bridge.settings import Settings
-from bridge.sink import KafkaSink, Sink
+from bridge.shard import Held, ShardStatus
+from bridge.sink import KafkaSink, Sink, client_options
+from bridge.state import RestoreStats
 
 __all__ = ["App", "run"]
 
@@ -27,12 +36,13 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class App:
-    """One running bridge: HTTP session, DLI client, sink, scheduler and health server.
+    """One running bridge: HTTP session, DLI client, sink, scheduler, membership, health.
 
-    ``async with App(settings) as app: await app.run(stop)`` polls until ``stop`` is set,
-    then drains for ``polling.drain_s`` and leaves everything in reverse order (producers
-    closed, session closed). ``sink`` replaces the Kafka sink (tests pass a MemorySink), and
-    ``projects`` the configured or discovered project list.
+    ``async with App(settings) as app: await app.run(stop)`` joins the shard group and polls
+    the assigned shards until ``stop`` is set, then drains for ``polling.drain_s``, leaves
+    the group and closes everything in reverse order. ``sink`` replaces the Kafka sink (tests
+    pass a MemorySink; the instance then owns every shard, no group), and ``projects`` the
+    configured or discovered project list.
     """
 
     def __init__(
@@ -52,9 +62,12 @@ class App:
         self._stack = AsyncExitStack()
         self._scheduler: Scheduler | None = None
         self._stopping = False
+        self._membership: Membership | None = None
+        self._held: dict[int, Held] = {}  # state of cleanly revoked shards, by shard
+        self._fenced: set[int] = set()  # owned shards stopped by fencing until a new assignment
 
     def __repr__(self) -> str:
-        return f"<App {self._scheduler!r} health={self.health_url or '-'}>"
+        return f"<App {self._scheduler!r} {self._membership!r} health={self.health_url or '-'}>"
 
     @property
     def scheduler(self) -> Scheduler:
@@ -88,8 +101,10 @@ class App:
         client = await stack.enter_async_context(DliClient(settings.api, auth, session=session))
         sink = self._sink
         if sink is None:
-            kafka = await stack.enter_async_context(KafkaSink(settings.kafka))
-            sink, self._partitions = kafka, kafka.shards
+            kafka = KafkaSink(settings.kafka, on_restore=self._restored)
+            sink = await stack.enter_async_context(kafka)
+            self._partitions = kafka.shards
+            self._membership = self._member(settings)
         projects = self._projects
         if projects is None:
             projects = settings.projects.ids or await _discover(client)
@@ -103,12 +118,40 @@ class App:
             config.interval_s,
         )
 
+    def _member(self, settings: Settings) -> Membership:
+        kafka = settings.kafka
+        return Membership(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=kafka.group_id,
+            state_topic=kafka.topics.state,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+            instance_id=kafka.instance_id,
+            session_timeout_ms=kafka.session_timeout_ms,
+            rebalance_timeout_ms=kafka.rebalance_timeout_ms,
+            drain_s=settings.polling.drain_s,
+            client_options=client_options(
+                kafka,
+                client_id=f"dli-bridge-member-{kafka.instance_id or ''}",
+                request_timeout_s=10,
+            ),
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Own every shard and poll until ``stop`` is set; then drain and return."""
+        """Poll the owned shards until ``stop`` is set; then drain, leave the group, return.
+
+        Without a group every shard is owned; with one, shards come and go with the
+        assignment (``_on_assigned`` / ``_on_revoked``).
+        """
         scheduler = self.scheduler
+        static = range(self._partitions) if self._membership is None else ()
         async with asyncio.TaskGroup() as group:
-            polling = group.create_task(scheduler.run(range(self._partitions)), name="scheduler")
-            group.create_task(self._drain_on(stop, polling), name="drain")
+            polling = group.create_task(scheduler.run(static), name="scheduler")
+            await asyncio.sleep(0)  # the scheduler's task group is open: shards can start
+            async with AsyncExitStack() as member:
+                if self._membership is not None:
+                    await member.enter_async_context(self._membership)
+                await self._drain_on(stop, polling)
 
     async def _drain_on(self, stop: asyncio.Event, polling: asyncio.Task[None]) -> None:
         await stop.wait()
@@ -121,13 +164,85 @@ class App:
             log.warning("drain deadline passed: cancelling the cycles still running")
             polling.cancel()
 
+    # --- the group's assignment ---------------------------------------------------------
+
+    async def _on_assigned(self, shards: frozenset[int], generation: int) -> None:
+        """Start the assigned shards (each fences, checks, restores in its own task)."""
+        self.metrics.rebalances.inc()
+        membership, scheduler = self._membership, self.scheduler
+        if membership is None or not scheduler.running:
+            return  # draining: the next owner takes them
+        held, self._held = self._held, {}
+        self._fenced -= shards
+        for shard in sorted(shards):
+            # a shard whose revoke overran the drain deadline must close before it reopens
+            await scheduler.stop_shard(shard)
+            scheduler.start_shard(
+                shard,
+                generation,
+                still_ours=functools.partial(membership.is_current, shard, generation),
+                on_fenced=self._on_fenced,
+                held=held.get(shard),
+            )
+
+    async def _on_revoked(self, shards: frozenset[int]) -> None:
+        """Stop the shards' polling (in-flight cycles commit or abort), close their producers;
+        keep the state of cleanly stopped ones in case the next assignment hands them back."""
+        drain_s = self.settings.polling.drain_s
+        stops = [asyncio.ensure_future(self.scheduler.stop_shard(s)) for s in shards]
+        done, pending = await asyncio.wait(stops, timeout=drain_s) if stops else (set(), set())
+        if pending:
+            log.warning(
+                "%d revoked shards still finishing a cycle after %g s; they can no longer write",
+                len(pending),
+                drain_s,
+            )
+        for stopped in done:
+            runner = stopped.result()
+            held = runner.held() if runner is not None else None
+            if runner is not None and held is not None:
+                self._held[runner.shard] = held
+
+    def _on_fenced(self, shard: int, generation: int) -> None:
+        self.metrics.fenced_producers.inc()
+        membership = self._membership
+        if membership is None:
+            return
+        self._fenced.add(shard)
+        if membership.is_current(shard, generation):
+            # fenced while the group still says the shard is ours (a stale owner started after
+            # us, or our transaction timed out): only a new assignment may reopen it
+            log.warning("shard %d fenced in our current generation: asking for a rebalance", shard)
+            membership.request_rejoin()
+
+    def _restored(self, stats: RestoreStats) -> None:
+        shard = str(stats.shard)
+        self.metrics.restore_records.labels(shard).set(stats.records)
+        self.metrics.restore_seconds.labels(shard).set(stats.seconds)
+
+    # --- readiness -----------------------------------------------------------------------
+
+    def _owned_status(self) -> dict[int, str]:
+        statuses: dict[int, ShardStatus] = self.scheduler.shard_status()
+        if self._membership is None:
+            return dict(statuses)
+        return {
+            shard: statuses.get(shard) or ("fenced" if shard in self._fenced else "starting")
+            for shard in self._membership.owned
+        }
+
     def readiness(self) -> Readiness:
-        """Ready when every owned shard is restored and its writer usable (/readyz)."""
+        """Ready when shards are assigned and every owned one is restored (/readyz)."""
         if self._scheduler is None:
             return Readiness(False, "starting")
-        shards = self._scheduler.shard_status()
+        shards = self._owned_status()
         if self._stopping:
             return Readiness(False, "stopping", shards)
+        membership = self._membership
+        if membership is not None and membership.generation < 0:
+            return Readiness(False, f"waiting for a shard assignment in {membership.group_id}")
+        if membership is not None and not shards:
+            return Readiness(True, "standby: the group assigned no shard to this instance")
         if not shards:
             return Readiness(False, "no shards owned", shards)
         waiting = sorted(shard for shard, status in shards.items() if status != "ready")

@@ -178,6 +178,15 @@ class Membership:
             and self._live_generation() == generation
         )
 
+    def request_rejoin(self) -> None:
+        """Ask the coordinator for a new generation (a fenced shard waits for one).
+
+        The member rejoins at its next poll: everything is revoked, then assigned anew.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and self._state is _State.OPEN:
+            coordinator.request_rejoin()
+
     def _live_generation(self) -> int:
         coordinator = getattr(self._consumer, "_coordinator", None)
         return NO_GENERATION if coordinator is None else int(coordinator.generation)

@@ -60,6 +60,26 @@ class Metrics:
         self.shards_owned = Gauge(
             "dli_bridge_shards_owned", "Shards this instance owns", registry=r
         )
+        self.rebalances = Counter(
+            "dli_bridge_rebalances", "Shard assignments received from the group", registry=r
+        )
+        self.fenced_producers = Counter(
+            "dli_bridge_fenced_producers",
+            "Shard producers fenced (or found stale) and stopped until a new assignment",
+            registry=r,
+        )
+        self.restore_records = Gauge(
+            "dli_bridge_restore_records",
+            "State records the last open of a shard restored (0 when its state was kept)",
+            ["shard"],
+            registry=r,
+        )
+        self.restore_seconds = Gauge(
+            "dli_bridge_restore_seconds",
+            "How long the last open (fence, check, restore) of a shard took",
+            ["shard"],
+            registry=r,
+        )
         self.last_sweep = Gauge(
             "dli_bridge_project_last_sweep_timestamp_seconds",
             "When the last complete list sweep of a project ended (epoch seconds)",

@@ -36,9 +36,9 @@ from bridge.errors import (
 from bridge.metrics import Metrics
 from bridge.models import Fetched, JobListItem, JsonDict
 from bridge.settings import Settings
-from bridge.shard import ShardRunner, ShardStatus, wait_stop
+from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
-from bridge.sink import Sink
+from bridge.sink import Sink, StillOurs
 from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint
 
 __all__ = ["JobApi", "PollConfig", "Scheduler", "ticks"]
@@ -211,22 +211,47 @@ class Scheduler:
             log.info("scheduler stopping: %d shards", len(self._runners))
         self._stop.set()
 
-    def start_shard(self, shard: int, generation: int = 0) -> None:
+    def start_shard(
+        self,
+        shard: int,
+        generation: int = 0,
+        *,
+        still_ours: StillOurs | None = None,
+        on_fenced: OnFenced | None = None,
+        held: Held | None = None,
+    ) -> ShardRunner:
+        """Run ``shard`` (membership passes its ownership check, fencing callback and any
+        state held from a previous assignment); an already running shard is returned as is."""
         if self._group is None:
             raise RuntimeError("start_shard() needs a running scheduler")
         if shard in self._runners:
-            return
-        runner = ShardRunner(shard, generation, self._by_shard.get(shard, ()), self._sink)
+            return self._runners[shard]
+        runner = ShardRunner(
+            shard,
+            generation,
+            self._by_shard.get(shard, ()),
+            self._sink,
+            still_ours=still_ours or (lambda: True),
+            on_fenced=on_fenced,
+            held=held,
+        )
         self._runners[shard] = runner
         self._group.create_task(self._run_shard(runner), name=f"shard-{shard}")
+        return runner
 
-    async def stop_shard(self, shard: int) -> None:
-        """Stop polling ``shard``; returns once its cycles ended and it is closed."""
+    @property
+    def running(self) -> bool:
+        """Between ``run()`` starting and ``stop()``: shards can be started."""
+        return self._group is not None and not self._stop.is_set()
+
+    async def stop_shard(self, shard: int) -> ShardRunner | None:
+        """Stop polling ``shard``; returns (the closed runner) once its cycles ended."""
         runner = self._runners.get(shard)
         if runner is None:
-            return
+            return None
         runner.stop.set()
         await runner.closed.wait()
+        return runner
 
     def shard_status(self) -> dict[int, ShardStatus]:
         return {shard: runner.status for shard, runner in self._runners.items()}

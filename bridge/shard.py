@@ -1,4 +1,9 @@
-"""One owned shard: its writer, its projects' restored state, the lock its writes take."""
+"""One owned shard: its writer, its projects' restored state, the lock its writes take.
+
+Under consumer-group membership a shard belongs to one generation of the group: every write
+first asks ``still_ours()`` (the assignment is current), and a fenced producer ends the
+shard — it is not reopened until a new assignment hands the shard to us again (DESIGN.md).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,39 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from bridge.errors import ProducerFencedError, SinkError
-from bridge.sink import Batch, ShardWriter, Sink
+from bridge.sink import Batch, ShardWriter, Sink, StillOurs
 from bridge.tracking import ProjectState, restore
 
-__all__ = ["ShardRunner", "ShardStatus", "wait_stop"]
+__all__ = ["Held", "OnFenced", "ShardRunner", "ShardStatus", "wait_stop"]
 
 log = logging.getLogger(__name__)
 
 # Reopening a shard after a sink failure backs off up to this long.
 REOPEN_MAX_DELAY_S = 30.0
 
-ShardStatus = Literal["restoring", "ready", "sink_down", "stopped"]
+ShardStatus = Literal["restoring", "ready", "sink_down", "fenced", "stopped"]
+OnFenced = Callable[[int, int], None]  # (shard, generation)
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a cleanly stopped shard leaves behind for a rebalance that hands it straight back.
+
+    ``state_end`` is the state partition's last stable offset after our last write: if the
+    partition still ends there, nobody wrote since and ``projects`` is still the truth.
+    """
+
+    projects: dict[str, ProjectState]
+    state_end: int
 
 
 async def wait_stop(stop: asyncio.Event, deadline: float) -> bool:
@@ -43,11 +66,24 @@ class ShardRunner:
     it again from that truth. ``stop`` ends its loops; ``closed`` is set once it is closed.
     """
 
-    def __init__(self, shard: int, generation: int, project_ids: Sequence[str], sink: Sink) -> None:
+    def __init__(
+        self,
+        shard: int,
+        generation: int,
+        project_ids: Sequence[str],
+        sink: Sink,
+        *,
+        still_ours: StillOurs = _always,
+        on_fenced: OnFenced | None = None,
+        held: Held | None = None,
+    ) -> None:
         self.shard = shard
         self.generation = generation
         self.project_ids = tuple(project_ids)
         self.projects = {p: ProjectState(p) for p in self.project_ids}
+        self._held_end: int | None = None
+        if held is not None and set(held.projects) == set(self.project_ids):
+            self.projects, self._held_end = held.projects, held.state_end
         self.status: ShardStatus = "restoring"
         self.epoch = 0
         self.lock = asyncio.Lock()
@@ -55,8 +91,13 @@ class ShardRunner:
         self.closed = asyncio.Event()
         self._sink = sink
         self._writer: ShardWriter | None = None
+        self._writer_at_close: ShardWriter | None = None
         self._failures = 0
         self._rng = random.Random()
+        self._still_ours = still_ours
+        self._on_fenced = on_fenced
+        self.restore_records = 0
+        self.restore_seconds = 0.0
 
     def __repr__(self) -> str:
         jobs = sum(len(p.jobs) for p in self.projects.values())
@@ -67,6 +108,13 @@ class ShardRunner:
 
     def ready(self) -> bool:
         return self.status == "ready"
+
+    def held(self) -> Held | None:
+        """The state to keep after a clean stop (None: fenced, broken, or end unknown)."""
+        writer = self._writer_at_close
+        if writer is None or writer.state_end is None:
+            return None
+        return Held(self.projects, writer.state_end)
 
     async def ensure_open(self) -> bool:
         """Wait until the shard is open and restored; False when told to stop first."""
@@ -84,22 +132,35 @@ class ShardRunner:
     async def _try_open(self) -> bool:
         if self._writer is not None:
             self._writer = None
+            self._held_end = None  # a broken writer: whatever we hold, restore
             await self._close_quietly()
         started = time.monotonic()
         try:
-            writer, restored = await self._sink.open_shard(self.shard, self.generation)
+            writer, restored = await self._sink.open_shard(
+                self.shard, self.generation, still_ours=self._still_ours, known_end=self._held_end
+            )
+        except ProducerFencedError as exc:
+            self._fence(exc)
+            return False
         except SinkError as exc:
             self._failures += 1
             log.warning("shard %d: open failed (%r), retry %d", self.shard, exc, self._failures)
             return False
-        self.projects, ignored = restore(self.projects, restored)
+        ignored, kept = 0, restored is None
+        if restored is not None:
+            self.projects, ignored = restore(self.projects, restored)
         self._writer, self._failures, self.status = writer, 0, "ready"
         self.epoch += 1
+        self.restore_seconds = time.monotonic() - started
+        self.restore_records = 0 if restored is None else len(restored)
         log.info(
-            "shard %d open: %d jobs restored in %.2f s%s",
+            "shard %d open (generation %d): %s in %.2f s%s",
             self.shard,
-            len(restored) - ignored,
-            time.monotonic() - started,
+            self.generation,
+            "state kept, unchanged since our last write"
+            if kept
+            else f"{self.restore_records - ignored} jobs restored",
+            self.restore_seconds,
             f" ({ignored} records of projects not watched here ignored)" if ignored else "",
         )
         return True
@@ -109,24 +170,41 @@ class ShardRunner:
         async with self.lock:
             if epoch != self.epoch or not self.ready() or self._writer is None:
                 return False
+            if not self._still_ours():
+                # revoked, reassigned, or our session expired: a write now is a stale owner's
+                log.info("shard %d: no longer ours in generation %d", self.shard, self.generation)
+                self.stop.set()
+                return False
             try:
                 await self._writer.write(batch)
+            except ProducerFencedError as exc:
+                self._fence(exc)
+                return False
             except SinkError as exc:
-                self._fail(exc)
+                self.status = "sink_down"
+                log.warning("shard %d: write failed (%r); pausing its projects", self.shard, exc)
                 return False
             return True
 
-    def _fail(self, exc: SinkError) -> None:
-        self.status = "sink_down"
-        if isinstance(exc, ProducerFencedError):
-            # Static ownership (one instance owns every shard): reopening fences the other
-            # writer in turn. Under consumer-group membership the owner stops the shard.
-            log.error("shard %d: producer fenced (%r); reopening", self.shard, exc)
-        else:
-            log.warning("shard %d: write failed (%r); pausing its projects", self.shard, exc)
+    def _fence(self, exc: ProducerFencedError) -> None:
+        """Fatal for this shard: stop it; only a new assignment brings it back (DESIGN.md)."""
+        self.status = "fenced"
+        self._held_end = None
+        log.error(
+            "shard %d generation %d: producer fenced or shard moved on (%s); stopping the shard",
+            self.shard,
+            self.generation,
+            exc.message,
+        )
+        self.stop.set()
+        if self._on_fenced is not None:
+            self._on_fenced(self.shard, self.generation)
 
     async def close(self) -> None:
-        self.status = "stopped"
+        if self.status == "ready":
+            self._writer_at_close = self._writer
+        if self.status != "fenced":
+            self.status = "stopped"
         self._writer = None
         try:
             await self._close_quietly()

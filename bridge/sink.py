@@ -96,19 +96,40 @@ class Batch:
 
 
 class ShardWriter(Protocol):
-    """Writes a shard's batches. After any SinkError it is broken: close and reopen the shard."""
+    """Writes a shard's batches. After any SinkError it is broken: close and reopen the shard.
+
+    ``state_end`` is the state partition's last stable offset right after this writer's
+    last write (or the restore): a later owner of the same shard that finds it unchanged
+    can keep the state it holds instead of restoring.
+    """
 
     shard: int
+    state_end: int | None
 
     async def write(self, batch: Batch) -> None: ...
 
 
+StillOurs = Callable[[], bool]
+
+
 class Sink(Protocol):
-    """Opens shards (fence the previous owner, then restore) and closes them."""
+    """Opens shards (fence the previous owner, check, then restore) and closes them.
+
+    ``open_shard`` calls ``still_ours()`` right after the producer fenced the previous
+    owner, before reading or writing anything: False raises ProducerFencedError (the
+    assignment moved on while we started; a stale owner must not write). With
+    ``known_end`` (the ``state_end`` of our previous writer of this shard) and an unchanged
+    partition, the restored state is None: keep the state held in memory.
+    """
 
     async def open_shard(
-        self, shard: int, generation: int = 0
-    ) -> tuple[ShardWriter, dict[bytes, StateValue]]: ...
+        self,
+        shard: int,
+        generation: int = 0,
+        *,
+        still_ours: StillOurs | None = None,
+        known_end: int | None = None,
+    ) -> tuple[ShardWriter, dict[bytes, StateValue] | None]: ...
 
     async def close_shard(self, shard: int) -> None: ...
 
@@ -217,9 +238,15 @@ class KafkaSink:
             self._shared = None
 
     async def open_shard(
-        self, shard: int, generation: int = 0
-    ) -> tuple[ShardWriter, dict[bytes, StateValue]]:
-        """Start the shard's producer (fencing any previous owner), then restore its state."""
+        self,
+        shard: int,
+        generation: int = 0,
+        *,
+        still_ours: StillOurs | None = None,
+        known_end: int | None = None,
+    ) -> tuple[ShardWriter, dict[bytes, StateValue] | None]:
+        """Start the shard's producer (fencing any previous owner), check we still own the
+        shard, then restore its state (None: unchanged since ``known_end``, keep yours)."""
         if self._state is not _State.OPEN:
             raise RuntimeError(f"open_shard on a KafkaSink that is {self._state.value}")
         if not 0 <= shard < self.shards:
@@ -229,10 +256,12 @@ class KafkaSink:
         writer = _Writer(self, producer, shard, generation, own_producer=self.exactly_once)
         self._writers[shard] = writer
         try:
-            state = await self._restore(shard)
+            _check_owner(shard, generation, still_ours)
+            state = await self._restore(shard, known_end)
         except SinkError:
             await self.close_shard(shard)
             raise
+        writer.state_end = self.last_restore[shard].end_offset
         return writer, state
 
     async def close_shard(self, shard: int) -> None:
@@ -276,25 +305,43 @@ class KafkaSink:
             ) from exc
         return producer
 
-    async def _restore(self, shard: int) -> dict[bytes, StateValue]:
+    async def _restore(self, shard: int, known_end: int | None) -> dict[bytes, StateValue] | None:
         fold, stats = await read_partition(
             self._options(f"restore-{shard}"),
             self.topics.state,
             shard,
             stall_timeout_s=self._request_timeout_s * 2,
+            unless_end=known_end,
         )
         self.last_restore[shard] = stats
-        log.info(
-            "restored shard %d: %d keys from %d records in %.3fs (end offset %d)",
-            shard,
-            stats.keys,
-            stats.records,
-            stats.seconds,
-            stats.end_offset,
-        )
+        if fold is None:
+            log.info(
+                "shard %d unchanged since our last write (end offset %d): state kept",
+                shard,
+                stats.end_offset,
+            )
+        else:
+            log.info(
+                "restored shard %d: %d keys from %d records in %.3fs (end offset %d)",
+                shard,
+                stats.keys,
+                stats.records,
+                stats.seconds,
+                stats.end_offset,
+            )
         if self._on_restore is not None:
             self._on_restore(stats)
-        return _parse_states(fold.values, shard)
+        return None if fold is None else _parse_states(fold.values, shard)
+
+
+def _check_owner(shard: int, generation: int, still_ours: StillOurs | None) -> None:
+    # After InitProducerId fenced the previous owner, before anything is read or written:
+    # a member whose assignment moved on meanwhile is the stale owner aiokafka's v0
+    # transactions cannot refuse (no KIP-447); it must not write (DESIGN.md).
+    if still_ours is not None and not still_ours():
+        raise ProducerFencedError(
+            f"shard {shard} is no longer assigned to us in generation {generation}", shard=shard
+        )
 
 
 def _route(topics: Topics, batch: Batch, shard: int) -> list[tuple[str, int | None, OutRecord]]:
@@ -336,6 +383,7 @@ class _Writer:
         self._own_producer = own_producer
         self._deadline_s = sink._kafka.commit_timeout_s
         self.broken: SinkError | None = None
+        self.state_end: int | None = None
 
     async def write(self, batch: Batch) -> None:
         if self.broken is not None:
@@ -364,15 +412,32 @@ class _Writer:
 
     async def _transaction(self, batch: Batch) -> None:
         await self._producer.begin_transaction()
-        await _send_all(self._producer, _route(self._sink.topics, batch, self.shard))
+        if batch.state:
+            self.state_end = None  # unknown until the commit returns
+        routed = _route(self._sink.topics, batch, self.shard)
+        written = await _send_all(self._producer, routed)
         await self._producer.commit_transaction()
+        # the commit marker takes one offset after our last state record
+        self._note_state_end(written, marker=1)
 
     async def _in_order(self, batch: Batch) -> None:
         # at-least-once: events acknowledged before the state that says they were published
         topics = self._sink.topics
+        if batch.state:
+            self.state_end = None
         await _send_all(self._producer, [(topics.events, None, r) for r in batch.events])
-        await _send_all(self._producer, [(topics.state, self.shard, r) for r in batch.state])
+        written = await _send_all(
+            self._producer, [(topics.state, self.shard, r) for r in batch.state]
+        )
         await _send_all(self._producer, [(topics.dlq, None, r) for r in batch.dead_letters])
+        self._note_state_end(written, marker=0)
+
+    def _note_state_end(self, written: Sequence[Any], *, marker: int) -> None:
+        offsets = [m.offset for m in written if m.topic == self._sink.topics.state]
+        if offsets:
+            self.state_end = max(offsets) + 1 + marker
+        # a batch without state records leaves the partition (and state_end) unknown: the
+        # next owner restores, which is always correct
 
     async def _abort_if_open(self) -> None:
         # Only IN_TRANSACTION / ABORTABLE_ERROR may abort (TransactionState.is_transition_valid);
@@ -408,7 +473,8 @@ def _abortable(manager: Any) -> bool:
 
 async def _send_all(
     producer: AIOKafkaProducer, routed: Sequence[tuple[str, int | None, OutRecord]]
-) -> None:
+) -> list[Any]:
+    """Send every record; return their RecordMetadata (the first failure is raised)."""
     futures = [
         await producer.send(
             topic, record.value, key=record.key, partition=partition, headers=list(record.headers)
@@ -420,6 +486,7 @@ async def _send_all(
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+    return outcomes
 
 
 def _is_dead(producer: AIOKafkaProducer) -> bool:
@@ -595,12 +662,23 @@ class MemorySink:
         return [record for partition in self.log[topic] for record in partition]
 
     async def open_shard(
-        self, shard: int, generation: int = 0
-    ) -> tuple[ShardWriter, dict[bytes, StateValue]]:
+        self,
+        shard: int,
+        generation: int = 0,
+        *,
+        still_ours: StillOurs | None = None,
+        known_end: int | None = None,
+    ) -> tuple[ShardWriter, dict[bytes, StateValue] | None]:
         if not 0 <= shard < self.shards:
             raise ValueError(f"shard {shard} outside 0..{self.shards - 1}")
         epoch = self._epochs.get(shard, 0) + 1
         self._epochs[shard] = epoch
+        _check_owner(shard, generation, still_ours)
+        writer = _MemoryWriter(self, shard, epoch)
+        end = len(self.log[self.topics.state][shard])
+        if known_end == end:
+            self.last_restore[shard] = RestoreStats(shard, 0, 0, 0, end, 0, 0.0, kept=True)
+            return writer, None
         fold = Fold()
         for record in self.log[self.topics.state][shard]:
             fold.add(record.key, record.value, record.headers)
@@ -616,7 +694,7 @@ class MemorySink:
         self.last_restore[shard] = stats
         if self._on_restore is not None:
             self._on_restore(stats)
-        return _MemoryWriter(self, shard, epoch), _parse_states(fold.values, shard)
+        return writer, _parse_states(fold.values, shard)
 
     async def close_shard(self, shard: int) -> None:
         self._epochs[shard] = self._epochs.get(shard, 0) + 1
@@ -637,6 +715,8 @@ class _MemoryWriter:
         self.shard = shard
         self._sink = sink
         self._epoch = epoch
+        self.state_end: int | None = len(sink.log[sink.topics.state][shard])
 
     async def write(self, batch: Batch) -> None:
         await self._sink._write(self.shard, self._epoch, batch)
+        self.state_end = len(self._sink.log[self._sink.topics.state][self.shard])

@@ -35,6 +35,7 @@ class RestoreStats:
     end_offset: int  # the last stable offset the restore read up to
     generation: int  # the newest generation header seen
     seconds: float
+    kept: bool = False  # nothing written since our own last write: the held state was kept
 
 
 def generation_of(headers: Headers) -> int:
@@ -84,12 +85,19 @@ class Fold:
 
 
 async def read_partition(
-    options: Mapping[str, Any], topic: str, partition: int, *, stall_timeout_s: float
-) -> tuple[Fold, RestoreStats]:
+    options: Mapping[str, Any],
+    topic: str,
+    partition: int,
+    *,
+    stall_timeout_s: float,
+    unless_end: int | None = None,
+) -> tuple[Fold | None, RestoreStats]:
     """Read ``topic``/``partition`` from the beginning to its last stable offset, folded.
 
     ``options`` are the aiokafka client keywords (bootstrap, security, timeouts). The read
     fails with SinkUnavailable when the position stops moving for ``stall_timeout_s``.
+    When the last stable offset equals ``unless_end`` (where our own last write ended),
+    nothing was written since: no record is read and the fold is None (keep what you hold).
     """
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
@@ -106,7 +114,7 @@ async def read_partition(
             await consumer.seek_to_beginning(tp)
             # read_committed: ListOffsets answers the last stable offset, not the high watermark
             end = (await consumer.end_offsets([tp]))[tp]
-        fold = await _read_to(consumer, tp, end, stall_timeout_s)
+        fold = None if end == unless_end else await _read_to(consumer, tp, end, stall_timeout_s)
     except TimeoutError as exc:
         raise SinkUnavailable(
             f"restore of {topic}[{partition}] made no progress for {stall_timeout_s:g}s",
@@ -121,12 +129,13 @@ async def read_partition(
         await consumer.stop()
     stats = RestoreStats(
         shard=partition,
-        records=fold.records,
-        keys=len(fold.values),
-        skipped_stale=fold.skipped_stale,
+        records=fold.records if fold else 0,
+        keys=len(fold.values) if fold else 0,
+        skipped_stale=fold.skipped_stale if fold else 0,
         end_offset=end,
-        generation=fold.generation,
+        generation=fold.generation if fold else 0,
         seconds=time.monotonic() - started,
+        kept=fold is None,
     )
     return fold, stats
 

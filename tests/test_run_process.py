@@ -48,6 +48,9 @@ drain_s = 5.0
 bootstrap_servers = "{bootstrap}"
 partitions = {PARTITIONS}
 transactional_id_prefix = "{name}"
+group_id = "{name}"
+session_timeout_ms = 6000
+rebalance_timeout_ms = 10000
 [kafka.topics]
 events = "{name}.events"
 state = "{name}.state"
