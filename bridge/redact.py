@@ -7,6 +7,14 @@ API (the engine calls these; nothing here does I/O or reads a clock)::
     redactor.redact(snapshot) -> JsonDict              # a new dict; the input is never mutated
     redactor.redact_bytes_for_dead_letter(body) -> bytes
     startup_warnings(settings) -> tuple[str, ...]      # log each at WARNING when the app starts
+    with_derived_key(settings, credential) -> RedactionSettings   # hash_key from the DLI secret
+
+**Which key.** An explicit ``hash_key`` wins. Else the engine derives one from the DLI
+credential secret it already holds (the SK, or the IAM password): HMAC-SHA256 under the fixed
+label ``dli-bridge/redaction/v1``, so the key is stable across restarts and instances, never
+equal to the secret, and a reader of the topics learns nothing about it. Rotating that
+credential changes every mask once (one ``updated`` event per job holding a secret); set an
+explicit ``hash_key`` to avoid that. Without either (``auth.mode = "none"``) masks are bare.
 
 Apply ``redact`` to every snapshot before it is diffed, put in an event, a state record or a
 dead letter, and diff the *redacted* snapshots (the state topic only ever holds those).
@@ -71,11 +79,13 @@ __all__ = [
     "Redactor",
     "is_mask",
     "startup_warnings",
+    "with_derived_key",
 ]
 
 log = logging.getLogger(__name__)
 
 MASK: Final = "******"
+KEY_LABEL: Final = b"dli-bridge/redaction/v1"
 _DIGEST_HEX = 8
 _SWEEP_MIN_LEN = 6  # shorter secrets are masked where found, not searched for elsewhere
 _MAX_DEPTH = 16  # nested key=value levels read inside one value (bounds the recursion)
@@ -134,6 +144,14 @@ def startup_warnings(settings: RedactionSettings) -> tuple[str, ...]:
             "reported as a change (set a per-deployment key to compare keyed digests)",
         )
     return ()
+
+
+def with_derived_key(settings: RedactionSettings, credential: str | None) -> RedactionSettings:
+    """``settings`` with a ``hash_key``: its own, else one derived from ``credential``."""
+    if settings.hash_key is not None or not credential:
+        return settings
+    derived = hmac.new(KEY_LABEL, credential.encode(), hashlib.sha256).hexdigest()
+    return settings.model_copy(update={"hash_key": SecretStr(derived)})
 
 
 def is_mask(value: str) -> bool:

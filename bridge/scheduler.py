@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -25,6 +27,7 @@ import orjson
 from bridge import events, sweep
 from bridge.breaker import BreakerState
 from bridge.client import parse_job_body
+from bridge.diff import without_ignored
 from bridge.errors import (
     ApiError,
     AuthError,
@@ -35,10 +38,11 @@ from bridge.errors import (
 )
 from bridge.metrics import Metrics
 from bridge.models import Fetched, JobListItem, JsonDict
-from bridge.settings import Settings
-from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
+from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
+from bridge.settings import AuthSettings, Settings
+from bridge.shard import ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
-from bridge.sink import Sink, StillOurs
+from bridge.sink import Sink
 from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint
 
 __all__ = ["JobApi", "PollConfig", "Scheduler", "ticks"]
@@ -87,6 +91,7 @@ class PollConfig:
     event_options: events.EventOptions = field(
         default_factory=lambda: events.EventOptions(region="local")
     )
+    redaction: RedactionSettings = field(default_factory=RedactionSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, partitions: int | None = None) -> PollConfig:
@@ -113,7 +118,23 @@ class PollConfig:
                 snapshots=settings.events.snapshots,
                 max_record_bytes=settings.kafka.max_record_bytes,
             ),
+            redaction=with_derived_key(settings.redaction, _credential(settings.auth)),
         )
+
+
+def _credential(auth: AuthSettings) -> str | None:
+    """The DLI secret the bridge holds (SK or IAM password), for the redaction key."""
+    secret = auth.sk if auth.mode == "aksk" else auth.password if auth.mode == "token" else None
+    return None if secret is None else secret.get_secret_value()
+
+
+def _fingerprint_key(redaction: RedactionSettings) -> bytes:
+    """Keyed fingerprints: from the redaction key, else random per process (costs one parse
+    per job after a restart, and publishes nothing a reader could test guesses against)."""
+    if redaction.hash_key is None:
+        return os.urandom(32)
+    secret = redaction.hash_key.get_secret_value().encode()
+    return hashlib.sha256(b"dli-bridge/fingerprint/v1\0" + secret).digest()
 
 
 # --- cadence ------------------------------------------------------------------------------------
@@ -179,6 +200,10 @@ class Scheduler:
         self._by_shard: dict[int, list[str]] = {}
         for pid in projects:
             self._by_shard.setdefault(shard_of(pid, config.partitions), []).append(pid)
+        self._redactor = Redactor(config.redaction)
+        self._fp_key = _fingerprint_key(config.redaction)
+        for warning in startup_warnings(config.redaction):
+            log.warning("%s", warning)
         self._pool = asyncio.Semaphore(config.max_in_flight)
         self._runners: dict[int, ShardRunner] = {}
         self._stop = asyncio.Event()
@@ -211,47 +236,22 @@ class Scheduler:
             log.info("scheduler stopping: %d shards", len(self._runners))
         self._stop.set()
 
-    def start_shard(
-        self,
-        shard: int,
-        generation: int = 0,
-        *,
-        still_ours: StillOurs | None = None,
-        on_fenced: OnFenced | None = None,
-        held: Held | None = None,
-    ) -> ShardRunner:
-        """Run ``shard`` (membership passes its ownership check, fencing callback and any
-        state held from a previous assignment); an already running shard is returned as is."""
+    def start_shard(self, shard: int, generation: int = 0) -> None:
         if self._group is None:
             raise RuntimeError("start_shard() needs a running scheduler")
         if shard in self._runners:
-            return self._runners[shard]
-        runner = ShardRunner(
-            shard,
-            generation,
-            self._by_shard.get(shard, ()),
-            self._sink,
-            still_ours=still_ours or (lambda: True),
-            on_fenced=on_fenced,
-            held=held,
-        )
+            return
+        runner = ShardRunner(shard, generation, self._by_shard.get(shard, ()), self._sink)
         self._runners[shard] = runner
         self._group.create_task(self._run_shard(runner), name=f"shard-{shard}")
-        return runner
 
-    @property
-    def running(self) -> bool:
-        """Between ``run()`` starting and ``stop()``: shards can be started."""
-        return self._group is not None and not self._stop.is_set()
-
-    async def stop_shard(self, shard: int) -> ShardRunner | None:
-        """Stop polling ``shard``; returns (the closed runner) once its cycles ended."""
+    async def stop_shard(self, shard: int) -> None:
+        """Stop polling ``shard``; returns once its cycles ended and it is closed."""
         runner = self._runners.get(shard)
         if runner is None:
-            return None
+            return
         runner.stop.set()
         await runner.closed.wait()
-        return runner
 
     def shard_status(self) -> dict[int, ShardStatus]:
         return {shard: runner.status for shard, runner in self._runners.items()}
@@ -293,7 +293,7 @@ class Scheduler:
         if not await runner.ensure_open():
             return
         project = runner.projects[project_id]
-        cycle = Cycle(project, runner.epoch, self.config.ignore)
+        cycle = Cycle(project, runner.epoch, self.config.ignore, self._redactor, self._fp_key)
         try:
             outcome = await self._cycle(runner, cycle, full=full)
         except Exception:
@@ -381,11 +381,10 @@ class Scheduler:
     def _row_fp(self, cycle: Cycle, job_id: int, raw: JsonDict) -> bytes:
         mode = self.config.mode
         if mode == "list":
-            fp = sweep.row_fingerprint(raw, self.config.ignore)
+            light = without_ignored(raw, self.config.ignore)
+            fp = fingerprint(orjson.dumps(light, option=orjson.OPT_SORT_KEYS), self._fp_key)
         elif mode == "sweep":
-            data = orjson.dumps(raw)
-            cycle.row_bytes[job_id] = data
-            fp = fingerprint(data)
+            fp = fingerprint(orjson.dumps(raw), self._fp_key)
         else:
             return b""  # detail mode fetches every job anyway
         cycle.row_fps[job_id] = fp
@@ -408,7 +407,7 @@ class Scheduler:
         """Sweep mode: each show_detail row is the job's snapshot."""
         observed = self._clock()
         for job_id, raw in (cycle.rows or {}).items():
-            cycle.judge(job_id, raw, cycle.row_bytes[job_id], cycle.row_fps[job_id], observed)
+            cycle.judge(job_id, raw, cycle.row_fps[job_id], observed)
 
     async def _fetch_all(
         self, cycle: Cycle, job_ids: Sequence[int], confirm: frozenset[int]
@@ -446,7 +445,7 @@ class Scheduler:
 
     @staticmethod
     def _judge_body(cycle: Cycle, job_id: int, body: bytes, observed: float) -> None:
-        fp = fingerprint(body)
+        fp = fingerprint(body, cycle.fp_key)
         if cycle.unchanged(job_id, fp, observed):
             return
         pid = cycle.project.project_id
@@ -458,7 +457,7 @@ class Scheduler:
         except ApiError as exc:  # is_success false in a 2xx answer
             log.info("project %s job %d: detail refused (%r)", pid, job_id, exc)
             return
-        cycle.judge(job_id, raw, None, fp, observed)
+        cycle.judge(job_id, raw, fp, observed)
 
     # --- commit ----------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from bridge.errors import ConfigError
+from bridge.filters import FilterSettings
+from bridge.redact import RedactionSettings
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -91,6 +93,8 @@ DEFAULT_REBALANCE_TIMEOUT_MS = 30_000
 DEFAULT_EVENTS_TOPIC = "dli.jobs.events"
 DEFAULT_STATE_TOPIC = "dli.jobs.state"
 DEFAULT_DLQ_TOPIC = "dli.jobs.dlq"
+DEFAULT_WATERMARKS_TOPIC = "dli.jobs.watermarks"
+DEFAULT_SIGNALS_TOPIC = "dli.jobs.signals"
 
 DEFAULT_HTTP_BIND = "127.0.0.1:9464"
 
@@ -274,18 +278,23 @@ class PollingSettings(BaseModel):
 
 
 class TopicsSettings(BaseModel):
-    """The three topic names; they must differ (the state topic is compacted, events never)."""
+    """The topic names; they must differ (the state topic is compacted, events never)."""
 
     model_config = _GROUP
 
     events: Name = DEFAULT_EVENTS_TOPIC
     state: Name = DEFAULT_STATE_TOPIC
     dlq: Name = DEFAULT_DLQ_TOPIC
+    watermarks: Name = DEFAULT_WATERMARKS_TOPIC  # per-project "observed through" (issue 11)
+    signals: Name = DEFAULT_SIGNALS_TOPIC  # re-snapshot requests (issue 11)
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
         if len({self.events, self.state, self.dlq}) < 3:
             raise ValueError("events, state and dlq must be three different topics")
+        names = (self.events, self.state, self.dlq, self.watermarks, self.signals)
+        if len(set(names)) < len(names):
+            raise ValueError("events, state, dlq, watermarks and signals must all differ")
         return self
 
 
@@ -402,6 +411,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     events: EventsSettings = EventsSettings()
     http: HttpSettings = HttpSettings()
+    redaction: RedactionSettings = RedactionSettings()
+    filters: FilterSettings = FilterSettings()
 
     def masked_json(self) -> str:
         """The effective configuration as indented JSON; every secret reads ``**********``."""

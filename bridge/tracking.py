@@ -3,12 +3,17 @@
 No I/O here: the scheduler fetches, this module judges what came back against what was last
 committed (fingerprint first, parse and diff only when the bytes differ), turns a cycle's
 changes into one sink batch, and moves the remembered state once that batch is written.
+
+Every snapshot is redacted (``bridge.redact``) before it is diffed or becomes a record, and so
+is every remembered snapshot it is compared with (state written before redaction existed must
+not leak through ``before``). Fingerprints are keyed BLAKE2b: they are published in state
+records, and an unkeyed hash of a raw body would let a reader test guesses of a weak password.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,6 +24,7 @@ from bridge.breaker import BreakerState
 from bridge.diff import JobChange, diff
 from bridge.errors import MalformedResponse
 from bridge.models import JsonDict
+from bridge.redact import Redactor
 from bridge.sink import Batch
 
 __all__ = [
@@ -39,9 +45,13 @@ DEAD_LETTER_MEMORY = 10_000
 DeadKey = tuple[int | None, bytes]
 
 
-def fingerprint(data: bytes) -> bytes:
+def fingerprint(data: bytes, key: bytes = b"") -> bytes:
     """16 bytes that differ when ``data`` does: compared before anything is parsed."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return hashlib.blake2b(data, digest_size=16, key=key).digest()
+
+
+def _identity(doc: JsonDict) -> JsonDict:
+    return doc
 
 
 def utc(epoch_s: float) -> datetime:
@@ -144,11 +154,12 @@ class Cycle:
     project: ProjectState
     epoch: int
     ignore: Collection[str]
+    redactor: Redactor | None = None
+    fp_key: bytes = b""
     seen: list[Seen] = field(default_factory=list)
     dead: dict[DeadKey, events.OutRecord] = field(default_factory=dict)
     rows: dict[int, JsonDict] | None = None
     row_fps: dict[int, bytes] = field(default_factory=dict)
-    row_bytes: dict[int, bytes] = field(default_factory=dict)  # sweep mode: the snapshots
 
     def unchanged(self, job_id: int, fp: bytes, observed: float) -> bool:
         """The same bytes as last time: unchanged, and nothing was parsed to know it."""
@@ -158,29 +169,36 @@ class Cycle:
         tracked.touch(self.row_fps.get(job_id), observed)
         return True
 
-    def judge(
-        self, job_id: int, raw: JsonDict, data: bytes | None, fp: bytes, observed: float
-    ) -> None:
-        """Compare a fresh view of a job (``data``: its bytes, when at hand) with memory."""
+    @property
+    def redact(self) -> Callable[[JsonDict], JsonDict]:
+        return _identity if self.redactor is None else self.redactor.redact
+
+    def remembered(self, tracked: Tracked) -> JsonDict:
+        """A committed snapshot, redacted (a no-op for what this version wrote)."""
+        return self.redact(orjson.loads(tracked.snapshot))
+
+    def judge(self, job_id: int, raw: JsonDict, fp: bytes, observed: float) -> None:
+        """Compare a fresh (raw) view of a job with memory; both sides redacted first."""
         if self.unchanged(job_id, fp, observed):
             return
         tracked = self.project.jobs.get(job_id)
-        before = orjson.loads(tracked.snapshot) if tracked is not None else None
+        before = self.remembered(tracked) if tracked is not None else None
+        after = self.redact(raw)
         first = tracked is None and self.project.discovers(job_id)
-        change = diff(before, raw, ignore=self.ignore, first_sweep=first)
+        change = diff(before, after, ignore=self.ignore, first_sweep=first)
         if change is None:
             assert tracked is not None  # diff(None, doc) is always a change
             tracked.fingerprint = fp  # only ignored fields moved: remember the new bytes
             tracked.touch(self.row_fps.get(job_id), observed)
             return
-        snapshot = data if data is not None else orjson.dumps(raw)
+        snapshot = orjson.dumps(after)
         self.seen.append(Seen(job_id, change, snapshot, fp, self.row_fps.get(job_id), observed))
 
     def deleted(self, job_id: int, observed: float) -> None:
         tracked = self.project.jobs.get(job_id)
         if tracked is None:
             return
-        change = diff(orjson.loads(tracked.snapshot), None, ignore=self.ignore)
+        change = diff(self.remembered(tracked), None, ignore=self.ignore)
         if change is not None:
             self.seen.append(Seen(job_id, change, None, b"", None, observed))
 
@@ -189,13 +207,18 @@ class Cycle:
         error = f"{exc.message}: {exc.detail}" if exc.detail else exc.message
         # A list page carries volatile fields (duration), so its bytes differ on every sweep:
         # a broken page is remembered by what is wrong with it, a job's body by its bytes.
-        key = (job_id, fingerprint(exc.body if job_id is not None else error.encode()))
+        raw_key = exc.body if job_id is not None else error.encode()
+        key = (job_id, fingerprint(raw_key, self.fp_key))
         if key in self.project.sent_dead_letters or key in self.dead:
             return
+        body = exc.body
+        if self.redactor is not None:  # the body, and an error text that may quote it
+            body = self.redactor.redact_bytes_for_dead_letter(body)
+            error = self.redactor.redact_bytes_for_dead_letter(error.encode()).decode()
         self.dead[key] = events.dead_letter(
             project_id=self.project.project_id,
             job_id=job_id,
-            body=exc.body,
+            body=body,
             error=error,
             request_id=exc.request_id,
             observed_at=utc(observed),

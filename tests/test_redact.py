@@ -550,3 +550,23 @@ def test_property_entrypoint_args_lose_bare_secrets(flags):
     out = make().redact({"entrypoint_args": args})
     assert_hidden(out, ["S" + v for _, _, v in flags])
     assert out["entrypoint_args"].count("--keep this") == len(flags)
+
+
+# --- the key the engine uses ----------------------------------------------------------------
+
+
+def test_derived_key_is_stable_differs_from_the_secret_and_yields_to_an_explicit_one():
+    from bridge.redact import with_derived_key
+
+    plain = RedactionSettings()
+    derived = with_derived_key(plain, "my-sk")
+    assert derived.hash_key is not None
+    key = derived.hash_key.get_secret_value()
+    assert key == with_derived_key(plain, "my-sk").hash_key.get_secret_value()  # type: ignore[union-attr]
+    assert "my-sk" not in key
+    assert key != with_derived_key(plain, "other").hash_key.get_secret_value()  # type: ignore[union-attr]
+    explicit = RedactionSettings(hash_key="set-by-hand")
+    assert with_derived_key(explicit, "my-sk") is explicit
+    assert with_derived_key(plain, None) is plain
+    assert startup_warnings(with_derived_key(plain, None))  # auth none: changes go unseen
+    assert not startup_warnings(derived)

@@ -6,6 +6,15 @@ Huawei Cloud. ``server`` serves it, ``gateway`` and ``iam`` answer in front of t
 """
 
 from bridge.simulator.records import SimRejected, SimulatorConfig, TruthEntry
+from bridge.simulator.render import SECRETS, jdbc_password
 from bridge.simulator.server import DEFAULT_PORT, Simulator
 
-__all__ = ["DEFAULT_PORT", "SimRejected", "Simulator", "SimulatorConfig", "TruthEntry"]
+__all__ = [
+    "DEFAULT_PORT",
+    "SECRETS",
+    "SimRejected",
+    "Simulator",
+    "SimulatorConfig",
+    "TruthEntry",
+    "jdbc_password",
+]

@@ -84,7 +84,8 @@ _KNOB_VALUES: Mapping[str, tuple[int, ...]] = {
 }
 _SLOT_FIELDS = frozenset(
     {"name", "desc", "job_type", "status_desc", "create_time", "start_time", "user_name",
-     "queue_name", "run_mode", "restart_times", "root_id", "update_time"}
+     "queue_name", "run_mode", "restart_times", "root_id", "update_time", "variant",
+     "secret_rev"}
 )  # fmt: skip
 _FIXED_FIELDS = frozenset({"job_id", "project_id", "status"})
 _DAY_MS = 86_400_000

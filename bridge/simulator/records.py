@@ -191,6 +191,7 @@ class Job:
     flags: int = 0  # bit i = FLAG_KNOBS[i]
     root_id: int = -1
     tags: tuple[tuple[str, str], ...] = ()
+    secret_rev: int = 0  # how often its JDBC password was rotated (render.jdbc_password)
     extra: JsonDict | None = None  # hand-set fields that have no slot of their own
     slot: int = -1  # position in Fleet._all, for O(1) random picks and removal
 

@@ -13,6 +13,13 @@ The three shapes, after the reference notes (dli-api.md §1.3, the official SDK'
 
 So a detailed row equals the detail minus ``SWEEP_ROW_OMITS``; everything else, including
 ``job_config`` and ``start_time`` (``null`` when never started), is the same value.
+
+Credentials, as real job bodies carry them: every job whose ``variant`` is a multiple of 3
+holds secrets (``has_secrets``) — a SQL body with connector passwords in every spelling users
+write (JAAS, JDBC option and URL, OBS keys, a commented-out option, a two-line mixed-case
+key), ``runtime_config``/``operator_config`` strings, and jar arguments. ``SECRETS`` lists
+each value as it appears in the body; ``jdbc_password(rev)`` is the JDBC password after
+``rev`` rotations (``update_job(..., secret_rev=n)``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,16 @@ from __future__ import annotations
 from bridge.models import JsonDict
 from bridge.simulator.records import Job
 
-__all__ = ["SWEEP_ROW_OMITS", "detail", "detail_row", "job_config", "light_row"]
+__all__ = [
+    "SECRETS",
+    "SWEEP_ROW_OMITS",
+    "detail",
+    "detail_row",
+    "has_secrets",
+    "jdbc_password",
+    "job_config",
+    "light_row",
+]
 
 # Fields of the Job Details answer that a ``show_detail=true`` list row does not carry: the
 # engine leaves them out when it compares a sweep row with a detail snapshot.
@@ -35,6 +51,50 @@ _SQL = (
     "\nINSERT INTO print_sink SELECT url, COUNT(*) FROM clicks GROUP BY url, "
     "TUMBLE(ts, INTERVAL '1' MINUTE);",
 )
+_SECRET_SQL = (
+    "CREATE TABLE src (id BIGINT, amount DOUBLE) WITH (\n"
+    "  'connector' = 'kafka',\n"
+    "  'topic' = 'orders',\n"
+    "  'properties.sasl.jaas.config' = 'org.apache.kafka.common.security.scram.ScramLoginModule"
+    ' required username="etl" password="SimKafkaPw-01";\',\n'
+    "  'properties.ssl.truststore.password' = 'SimTrustPw-02'\n"
+    ");\n"
+    "CREATE TABLE dim (id BIGINT, name STRING) WITH (\n"
+    "  'connector' = 'jdbc',\n"
+    "  'url' = 'jdbc:mysql://db:3306/crm?user=reader&password=SimUrlPw-04',\n"
+    "  'username' = 'reader',\n"
+    "  'password' = '{jdbc}'\n"
+    "  -- 'password' = 'SimOldPw-07'\n"
+    ");\n"
+    "CREATE TABLE archive (id BIGINT) WITH (\n"
+    "  'connector' = 'filesystem', 'path' = 'obs://bucket/archive',\n"
+    "  'fs.obs.access.key' = 'SIMAKOBS05', 'fs.obs.secret.key' = 'SimObsSk-06'\n"
+    ");\n"
+    "CREATE TABLE cache (k STRING, v STRING) WITH ('connector' = 'redis', 'PassWord'\n"
+    "  = 'SimRedisPw-08');\n"
+    "INSERT INTO archive SELECT id FROM src;"
+)
+_SECRET_RUNTIME_CONFIG = '[{"key":"fs.obs.secret.key","value":"SimRuntimeSk-09"}]'
+_SECRET_OPERATOR_CONFIG = '{"sink.password": "SimOpPw-10"}'
+_SECRET_ARGS = "--password SimArgPw-11 --sk=SimArgSk-12 -Dfs.obs.secret.key=SimArgSk-13 --env prod"
+# Each secret as its bytes appear in a body (the JDBC one with its SQL-doubled quote).
+SECRETS: tuple[str, ...] = (
+    "SimKafkaPw-01", "SimTrustPw-02", "SimJdbc''Pw-03", "SimUrlPw-04", "SIMAKOBS05",
+    "SimObsSk-06", "SimOldPw-07", "SimRedisPw-08", "SimRuntimeSk-09", "SimOpPw-10",
+    "SimArgPw-11", "SimArgSk-12", "SimArgSk-13",
+)  # fmt: skip
+
+
+def jdbc_password(rev: int) -> str:
+    """The JDBC password (as written in SQL) after ``rev`` rotations."""
+    return "SimJdbc''Pw-03" if rev == 0 else f"SimJdbc''Pw-03r{rev}"
+
+
+def has_secrets(job: Job) -> bool:
+    """Whether ``job`` renders with credentials in its body."""
+    return job.variant % 3 == 0
+
+
 _MAIN_CLASSES = ("com.example.flink.OrdersJob", "org.apache.flink.examples.WordCount")
 _JARS = ("FemaleInfoCollection.jar", "stream-etl-1.4.2.jar", "flink-cdc-job.jar")
 _FLINK_VERSIONS = ("1.15", "1.12", "1.17")
@@ -121,14 +181,20 @@ def _detail_fields(job: Job) -> JsonDict:
     return {
         "user_id": job.project.users.get(job.user_name, ""),
         "project_id": job.project.id,
-        "sql_body": "" if jar else _SQL[job.variant % len(_SQL)],
+        "sql_body": "" if jar else _sql_body(job),
         "run_mode": job.run_mode,
         "job_config": job_config(job),
         "main_class": _MAIN_CLASSES[job.variant % 2] if jar else None,
-        "entrypoint_args": "--env prod --window 60" if jar and job.variant % 3 == 0 else None,
+        "entrypoint_args": _SECRET_ARGS if jar and has_secrets(job) else None,
         "execution_graph": _EXECUTION_GRAPH if started and not jar else None,
         "update_time": job.update_time,
     }
+
+
+def _sql_body(job: Job) -> str:
+    if has_secrets(job):
+        return _SECRET_SQL.replace("{jdbc}", jdbc_password(job.secret_rev))
+    return _SQL[job.variant % len(_SQL)]
 
 
 def job_config(job: Job) -> JsonDict:
@@ -168,9 +234,9 @@ def job_config(job: Job) -> JsonDict:
         "image": None,
         "feature": "basic",
         "flink_version": _FLINK_VERSIONS[v % len(_FLINK_VERSIONS)],
-        "operator_config": None,
+        "operator_config": _SECRET_OPERATOR_CONFIG if has_secrets(job) else None,
         "static_estimator_config": None,
-        "runtime_config": None,
+        "runtime_config": _SECRET_RUNTIME_CONFIG if has_secrets(job) else None,
         "real_cu_number": 0,
     }
     config.update((job.extra or {}).get("job_config", {}))
