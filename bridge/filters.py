@@ -19,12 +19,18 @@ The engine asks ``accepts_row`` before planning detail calls, so a filtered-out 
 detail request and is never diffed, stored or published.
 
 **A job leaving the filter is not deleted.** When a tracked job stops matching (renamed, moved
-to another queue, type changed) the engine simply stops tracking it: no ``deleted`` event, no
+to another queue, type changed) the engine *parks* it: no detail calls, no ``deleted`` event, no
 final event of any kind, and its state record stays as it was (no tombstone). Consumers see no
-further events for it; the last event they saw is its last state *inside* the filter. Were it to
-match again, it comes back as a new job (``created``), carrying its current snapshot. Nothing is
-the simplest safe choice: a ``deleted`` would be a lie about the job, and a special "left the
+further events for it; the last event they saw is its last state *inside* the filter. Should it
+match again, the next observation is diffed against that last state: one ``updated`` (or
+``status_changed``) event with the next sequence number, listing everything that changed while
+it was out (the rename back, say). A parked job deleted in DLI is never reported. Nothing is the
+simplest safe choice: a ``deleted`` would be a lie about the job, and a special "left the
 filter" kind would be a new event type every consumer has to learn.
+
+**Event kinds.** A change whose kind ``publishes`` refuses still moves the job's state (it is
+not detected again) but writes no event and takes no sequence number: sequences stay
+contiguous in what is published. Requested ``snapshot`` events are always published.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from bridge.errors import (
     MalformedResponse,
     RateLimited,
 )
+from bridge.filters import FilterSettings, JobFilter
 from bridge.metrics import Metrics
 from bridge.models import Fetched, JobListItem, JsonDict
 from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
@@ -92,6 +93,7 @@ class PollConfig:
         default_factory=lambda: events.EventOptions(region="local")
     )
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
+    filters: FilterSettings = field(default_factory=FilterSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, partitions: int | None = None) -> PollConfig:
@@ -119,6 +121,7 @@ class PollConfig:
                 max_record_bytes=settings.kafka.max_record_bytes,
             ),
             redaction=with_derived_key(settings.redaction, _credential(settings.auth)),
+            filters=settings.filters,
         )
 
 
@@ -202,6 +205,7 @@ class Scheduler:
             self._by_shard.setdefault(shard_of(pid, config.partitions), []).append(pid)
         self._redactor = Redactor(config.redaction)
         self._fp_key = _fingerprint_key(config.redaction)
+        self._filter = JobFilter(config.filters)
         for warning in startup_warnings(config.redaction):
             log.warning("%s", warning)
         self._pool = asyncio.Semaphore(config.max_in_flight)
@@ -305,7 +309,7 @@ class Scheduler:
 
     async def _cycle(self, runner: ShardRunner, cycle: Cycle, *, full: bool) -> str:
         if full:
-            cycle.rows = await self._sweep(cycle)
+            cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
         fetch, confirm = self._decide(cycle, full=full)
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
@@ -348,6 +352,17 @@ class Scheduler:
             else:
                 log.info("project %s: list sweep complete again", project.project_id)
 
+    def _filtered(
+        self, project: ProjectState, rows: dict[int, JsonDict] | None
+    ) -> dict[int, JsonDict] | None:
+        """The rows inside the filters (decided from the light row: no detail call needed)."""
+        if rows is None:
+            return None
+        pid = project.project_id
+        accepted = {j: raw for j, raw in rows.items() if self._filter.accepts_row(pid, raw)}
+        project.park(accepted, (j for j in rows if j not in accepted))
+        return accepted
+
     def _decide(self, cycle: Cycle, *, full: bool) -> tuple[list[int], frozenset[int]]:
         """Which jobs get a detail call this cycle, and which of them are delete checks."""
         cfg, project = self.config, cycle.project
@@ -358,7 +373,7 @@ class Scheduler:
                 for jid, raw in cycle.rows.items()
             ]
         plan = sweep.plan(
-            {jid: tracked.known for jid, tracked in project.jobs.items()},
+            {jid: tracked.known for jid, tracked in project.watched().items()},
             rows,
             now=self._clock(),
             reconcile_interval_s=cfg.reconcile_interval_s,
@@ -375,7 +390,7 @@ class Scheduler:
         elif cfg.mode == "sweep":
             fetch = list(confirm)
         else:  # detail: every job, every interval
-            fetch = sorted(set(project.jobs) | set(cycle.rows or ()))
+            fetch = sorted(set(project.watched()) | set(cycle.rows or ()))
         return fetch, confirm
 
     def _row_fp(self, cycle: Cycle, job_id: int, raw: JsonDict) -> bytes:
@@ -464,6 +479,8 @@ class Scheduler:
     async def _commit(self, runner: ShardRunner, cycle: Cycle) -> bool:
         """Write what the cycle saw, batch by batch; state moves after each write returns."""
         dead = list(cycle.dead.items())
+        for seen in cycle.seen:
+            seen.publish = self._filter.publishes(seen.change.kind)
         pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS)) or ([()] if dead else [])
         for piece in pieces:
             records = batch(
@@ -485,6 +502,8 @@ class Scheduler:
     def _count_commit(self, piece: Sequence[Seen], dead_letters: int) -> None:
         now = self._clock()
         for seen in piece:
+            if not seen.publish:
+                continue
             self.metrics.events.labels(seen.change.kind.value).inc()
             self.metrics.change_to_commit.observe(max(0.0, now - seen.observed_at))
         if dead_letters:

@@ -85,6 +85,7 @@ class Seen:
     fingerprint: bytes
     row_fp: bytes | None
     observed_at: float  # epoch seconds
+    publish: bool = True  # False: its kind is filtered out; state moves, no event, no sequence
 
 
 @dataclass(slots=True, eq=False)
@@ -99,6 +100,21 @@ class ProjectState:
     sent_dead_letters: set[DeadKey] = field(default_factory=set)
     last_breaker: BreakerState = BreakerState.CLOSED
     sweep_failing: bool = False
+    parked: set[int] = field(default_factory=set)  # tracked jobs outside the filters now
+
+    def park(self, accepted: Iterable[int], rejected: Iterable[int]) -> None:
+        """After a complete sweep: tracked jobs whose row the filters reject are parked (no
+        detail calls, no events, never deleted); a parked job accepted again is back."""
+        self.parked.difference_update(accepted)
+        self.parked.update(j for j in rejected if j in self.jobs)
+        self.parked.intersection_update(self.jobs)
+        self.transitional.difference_update(self.parked)
+
+    def watched(self) -> dict[int, Tracked]:
+        """The tracked jobs inside the filters."""
+        if not self.parked:
+            return self.jobs
+        return {j: t for j, t in self.jobs.items() if j not in self.parked}
 
     def discovers(self, job_id: int) -> bool:
         """Whether a first sight of ``job_id`` is a discovery (else it was created)."""
@@ -137,7 +153,7 @@ class ProjectState:
             known.status, known.detail_at = status, seen.observed_at
             if seen.row_fp is not None:
                 known.row_fp = seen.row_fp
-            sequence = (tracked.sequence if tracked is not None else 0) + 1
+            sequence = (tracked.sequence if tracked is not None else 0) + seen.publish
             self.jobs[seen.job_id] = Tracked(
                 sequence, seen.snapshot, seen.fingerprint, utc(seen.observed_at), known
             )
@@ -266,22 +282,14 @@ def batch(
     pid = project.project_id
     out: list[events.OutRecord] = []
     state: list[events.OutRecord] = []
+    sequences: dict[int, int] = {}  # a job seen twice in one chunk (a change, then a snapshot)
     for seen in chunk:
         tracked = project.jobs.get(seen.job_id)
-        sequence = (tracked.sequence if tracked is not None else 0) + 1
+        last = sequences.get(seen.job_id, tracked.sequence if tracked is not None else 0)
+        sequence = sequences[seen.job_id] = last + seen.publish
         observed_at = utc(seen.observed_at)
-        out.append(
-            events.build_event(
-                seen.change,
-                project_id=pid,
-                job_id=seen.job_id,
-                job_name=_job_name(seen.change),
-                sequence=sequence,
-                observed_at=observed_at,
-                previous_observed_at=tracked.observed_at if tracked is not None else None,
-                options=options,
-            )
-        )
+        if seen.publish:
+            out.append(_event(project, seen, tracked, sequence, options))
         if seen.snapshot is None:
             state.append(events.state_tombstone(pid, seen.job_id, generation))
             continue
@@ -301,6 +309,25 @@ def batch(
             )
         )
     return Batch(events=out, state=state, dead_letters=dead)
+
+
+def _event(
+    project: ProjectState,
+    seen: Seen,
+    tracked: Tracked | None,
+    sequence: int,
+    options: events.EventOptions,
+) -> events.OutRecord:
+    return events.build_event(
+        seen.change,
+        project_id=project.project_id,
+        job_id=seen.job_id,
+        job_name=_job_name(seen.change),
+        sequence=sequence,
+        observed_at=utc(seen.observed_at),
+        previous_observed_at=tracked.observed_at if tracked is not None else None,
+        options=options,
+    )
 
 
 def chunks(items: Sequence[Seen], size: int) -> Iterator[Sequence[Seen]]:

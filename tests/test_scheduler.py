@@ -439,3 +439,62 @@ async def test_no_secret_reaches_the_sink_even_in_dead_letters(make_simulator, m
     forms = {s.encode() for s in SECRETS} | {s.replace("''", "'").encode() for s in SECRETS}
     assert not [f for f in forms if f in blob]
     assert b"******(h:" in blob
+
+
+# --- filters (issue 11) -----------------------------------------------------------------------
+
+
+def _settle_statuses(sim: Simulator, pid: str) -> None:
+    """No job in a transitional status: no faster polls blur the request counts."""
+    for job_id, job in sim.fleet.projects[pid].jobs.items():
+        if job.status.value in {"job_submitting", "job_canceling", "job_savepointing",
+                                "job_downloading", "job_arrearage_recovering"}:  # fmt: skip
+            sim.set_status(pid, job_id, JobStatus.RUNNING)
+
+
+async def test_filtered_out_jobs_cost_no_detail_call_and_leaving_is_no_delete(make_simulator):
+    from bridge.filters import FilterSettings
+
+    async with make_simulator(projects=1, jobs_per_project=0) as (sim, url):
+        pid = sim.project_ids[0]
+        kept = [sim.create_job(pid, name=f"keep_{i}", status="job_running") for i in range(3)]
+        dropped = [sim.create_job(pid, name=f"drop_{i}", status="job_running") for i in range(4)]
+        filters = FilterSettings(include_names=["keep_*"])
+        async with engine(url, [pid], mode="list", filters=filters) as eng:
+            await until(lambda: len(eng.events()) >= 3, "kept jobs discovered")
+            await asyncio.sleep(0.6)
+            details = eng.requests(sim, "detail", pid)
+            sim.update_job(pid, kept[0], name="drop_renamed")  # leaves the filter
+            sim.update_job(pid, dropped[0], desc="not ours")
+            await asyncio.sleep(0.8)
+            left = eng.of_job(pid, kept[0])
+            sim.update_job(pid, kept[0], name="keep_again")  # and comes back
+            await until(lambda: len(eng.of_job(pid, kept[0])) >= 2, "back in the filter")
+            events = eng.events()
+    assert details == 3  # one per kept job; the four others cost nothing
+    assert {e["data"]["job_id"] for e in events} == set(kept)
+    assert kinds(left) == ["discovered"]  # no deleted, no event at all while outside
+    back = eng.of_job(pid, kept[0])
+    assert kinds(back) == ["discovered", "updated"]
+    assert back[1]["data"]["sequence"] == 2
+    assert "/name" in back[1]["data"]["changed"]
+
+
+async def test_filtered_event_kinds_move_state_without_a_sequence_gap(make_simulator):
+    from bridge.filters import FilterSettings
+
+    async with make_simulator(projects=1, jobs_per_project=0) as (sim, url):
+        pid = sim.project_ids[0]
+        job = sim.create_job(pid, name="j", status="job_running")
+        filters = FilterSettings(event_kinds=["discovered", "status_changed"])
+        async with engine(url, [pid], mode="detail", filters=filters) as eng:
+            await until(lambda: len(eng.events()) >= 1, "discovered")
+            sim.update_job(pid, job, desc="an update nobody subscribed to")
+            await asyncio.sleep(0.6)
+            sim.set_status(pid, job, JobStatus.CANCELING)
+            await until(lambda: len(eng.events()) >= 2, "the status change")
+            await asyncio.sleep(0.4)
+            events = eng.of_job(pid, job)
+    assert kinds(events) == ["discovered", "status_changed"]
+    assert [e["data"]["sequence"] for e in events] == [1, 2]
+    assert events[1]["data"]["changed"] == ["/status"]  # the desc change was already taken in
