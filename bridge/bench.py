@@ -17,9 +17,11 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -36,6 +38,7 @@ __all__ = ["BenchConfig", "Report", "run"]
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], object]
+T = TypeVar("T")
 MODES = ("detail", "list", "sweep")
 DEFAULT_SWEEP_SIZES = (1_000, 10_000, 50_000, 100_000)
 CHANGE_SHARE_PER_MIN = 0.01  # default change rate: 1 % of the jobs each minute
@@ -66,6 +69,7 @@ class BenchConfig:
     partitions: int = 12
     bootstrap_servers: str | None = None
     seed: int = 0
+    json_path: str | None = None  # written after every row, so a failed run keeps its figures
 
     @property
     def jitter(self) -> float:
@@ -102,6 +106,21 @@ class Report:
             "notes": self.notes,
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+    def save(self) -> None:
+        if self.config.json_path:
+            Path(self.config.json_path).write_bytes(self.as_json())
+
+    async def guard(self, what: str, work: Awaitable[T], say: Say) -> T | None:
+        """Run one row; a row that fails becomes a note instead of ending the run."""
+        try:
+            result = await work
+        except BenchError as exc:
+            note = f"{what} failed: {exc}"
+            self.notes.append(note)
+            say(note)
+            return None
+        return result
 
 
 def machine() -> JsonDict:
@@ -149,6 +168,16 @@ class Fleet:
             found: list[JsonDict] = orjson.loads(await response.read())["changes"]
         self.cursor += len(found)
         return found
+
+    async def jobs_per_page(self, project_ids: Sequence[str]) -> float:
+        """Jobs one list call observes on average, from each project's total_count now."""
+        jobs = pages = 0
+        for pid in project_ids:
+            url = f"{self.url}/v1.0/{pid}/streaming/jobs"
+            async with self.session.get(url, params={"limit": "1"}) as response:
+                total = int((await response.json())["job_list"]["total_count"])
+            jobs, pages = jobs + total, pages + pages_per_sweep(total)
+        return jobs / max(1, pages)
 
     async def step(self, changes: int) -> None:
         url = f"{self.url}/_sim/step"
@@ -225,12 +254,16 @@ def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> fl
     return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
 
 
-def _polls(mode: str, before: dict[str, float], after: dict[str, float], per_project: int) -> float:
-    """Job observations between two scrapes: detail calls, or jobs seen in list sweeps."""
+def _polls(mode: str, before: dict[str, float], after: dict[str, float], per_page: float) -> float:
+    """Job observations between two scrapes: detail calls, or rows read in list sweeps.
+
+    ``per_page`` is the jobs one list call observes on average: the fleet's jobs divided by
+    the pages one complete sweep of every project takes.
+    """
     if mode == "detail":
         return _delta(before, after, f'{_REQUESTS}{{endpoint="detail",outcome="ok"}}')
     pages = _delta(before, after, f'{_REQUESTS}{{endpoint="list",outcome="ok"}}')
-    return pages * per_project / pages_per_sweep(per_project)
+    return pages * per_page
 
 
 @dataclass(slots=True)
@@ -247,18 +280,38 @@ async def _look(children: Sequence[BridgeChild]) -> Window:
     return Window(metrics, [c.sample() for c in children], int(time.time() * 1000))
 
 
-async def _warm(children: Sequence[BridgeChild], jobs: int, settle_s: float) -> None:
+def _settled(metrics: Sequence[dict[str, float]], jobs: int, partitions: int) -> bool:
+    """Every job tracked and, with several instances, every shard owned by exactly one."""
+    tracked = sum(m.get("dli_bridge_jobs_tracked", 0.0) for m in metrics)
+    owned = [m.get("dli_bridge_shards_owned", 0.0) for m in metrics]
+    shared = len(metrics) == 1 or (sum(owned) == partitions and min(owned) > 0)
+    return tracked >= 0.95 * jobs and shared
+
+
+async def _warm(
+    children: Sequence[BridgeChild], jobs: int, partitions: int, settle_s: float
+) -> None:
     """Wait until the first sweep is committed (every job tracked), then one more interval."""
     deadline = time.monotonic() + 120 + jobs / 200
     while time.monotonic() < deadline:
-        tracked = sum(
-            m.get("dli_bridge_jobs_tracked", 0.0) for m in (await _look(children)).metrics
-        )
-        if tracked >= 0.95 * jobs:
+        metrics = (await _look(children)).metrics
+        if _settled(metrics, jobs, partitions):
             await asyncio.sleep(settle_s)
             return
+        failing = [c for c, m in zip(children, metrics, strict=True) if _failing(m)]
+        if failing:
+            raise BenchError(f"{failing[0]!r}: every poll fails:\n{failing[0].problems()}")
         await asyncio.sleep(0.2)
-    raise BenchError(f"the bridge did not track {jobs} jobs within the warm-up deadline")
+    problems = "".join(c.problems() for c in children)
+    raise BenchError(f"the bridge did not track {jobs} jobs in time:\n{problems}")
+
+
+def _failing(metrics: dict[str, float]) -> bool:
+    """Many failed cycles and not one good one: the bridge is broken, not slow."""
+    polls = "dli_bridge_polls_total{"
+    errors = sum(v for k, v in metrics.items() if k.startswith(polls) and 'outcome="error"' in k)
+    good = sum(v for k, v in metrics.items() if k.startswith(polls) and 'outcome="ok"' in k)
+    return errors >= 50 and good == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +345,7 @@ class Measured:
     steady: Window  # steady window over: the burst begins
     end: Window  # burst committed (one interval later)
     topic: str
+    per_page: float  # jobs one list call observes (list and sweep modes)
 
 
 async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
@@ -310,7 +364,8 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
     )
     async with contextlib.AsyncExitStack() as stack:
         children = await _bridge_children(stack, fleet, spec, plan.instances)
-        await _warm(children, jobs, plan.interval_s + plan.jitter_s)
+        await _warm(children, jobs, spec.partitions, plan.interval_s + plan.jitter_s)
+        per_page = await fleet.jobs_per_page(plan.projects)
         await fleet.changes()  # the window's ground truth starts here
         start = await _look(children)
         await asyncio.sleep(plan.duration_s)
@@ -323,17 +378,17 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
                 await fleet.step(plan.burst)
             await asyncio.sleep(plan.interval_s + plan.jitter_s + _SETTLE_S)
             end = await _look(children)
-    return Measured(start, steady, end, spec.topic("events"))
+    return Measured(start, steady, end, spec.topic("events"), per_page)
 
 
 def _steady(
-    plan: RowPlan, per_project: int, start: Window, steady: Window
+    plan: RowPlan, per_page: float, start: Window, steady: Window
 ) -> tuple[float, float, list[float], float, int]:
     """Window seconds, CPU seconds, polls per instance, API requests, RSS bytes (steady)."""
     wall = max(1e-9, steady.samples[0].at - start.samples[0].at)
     cpu = sum(b.cpu_s - a.cpu_s for a, b in zip(start.samples, steady.samples, strict=True))
     polls = [
-        _polls(plan.mode, a, b, per_project)
+        _polls(plan.mode, a, b, per_page)
         for a, b in zip(start.metrics, steady.metrics, strict=True)
     ]
     requests = sum(
@@ -349,7 +404,7 @@ async def bridge_row(
     """Measure one bridge row end to end, latency and burst included."""
     seen = await measure(config, fleet, plan)
     jobs = len(plan.projects) * fleet.jobs_per_project
-    wall, cpu, polls, requests, rss = _steady(plan, fleet.jobs_per_project, seen.start, seen.steady)
+    wall, cpu, polls, requests, rss = _steady(plan, seen.per_page, seen.start, seen.steady)
     total = max(1e-9, sum(polls))
     row = Row(
         name=name,
@@ -426,6 +481,7 @@ async def _main_rows(config: BenchConfig, bootstrap: str, report: Report, say: S
         baseline_task = asyncio.create_task(_baseline_rss(config, fleet))
         if config.baselines:
             report.rows += await _loops(config, fleet, say)
+            report.save()
         baseline = await baseline_task
         report.meta["baseline_rss_mb"] = baseline / 2**20
         for mode in config.modes:
@@ -439,7 +495,11 @@ async def _main_rows(config: BenchConfig, bootstrap: str, report: Report, say: S
                 burst=config.burst,
                 burst_s=config.burst_s,
             )
-            report.rows.append(await bridge_row(config, fleet, plan, baseline, f"bridge {mode}"))
+            name = f"bridge {mode}"
+            row = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
+            if row is not None:
+                report.rows.append(row)
+                report.save()
         if config.instances > 1:
             await _scale_out(config, fleet, baseline, report, say)
 
@@ -465,7 +525,10 @@ async def _scale_out(
         instances=config.instances,
     )
     name = f"bridge list x{config.instances}"
-    report.rows.append(await bridge_row(config, fleet, plan, baseline, name))
+    row = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
+    if row is not None:
+        report.rows.append(row)
+        report.save()
 
 
 def scale_out_supported() -> bool:
@@ -506,8 +569,11 @@ async def _sweep(config: BenchConfig, bootstrap: str, report: Report, say: Say) 
         runs = [("list", size) for size in sizes] + [("sweep", sizes[-1])]
         for mode, size in runs:
             say(f"  {mode} mode, {size:,} jobs…")
-            point = await _sweep_point(swept, fleet, mode, size, baseline)
-            report.points.append(point)
+            work = _sweep_point(swept, fleet, mode, size, baseline)
+            point = await report.guard(f"sweep {mode} {size}", work, say)
+            if point is not None:
+                report.points.append(point)
+                report.save()
 
 
 async def _sweep_point(
@@ -517,7 +583,7 @@ async def _sweep_point(
     plan = RowPlan(mode, fleet.project_ids[:count], config.interval_s, 1.0, config.sweep_duration_s)
     seen = await measure(config, fleet, plan)
     jobs = count * fleet.jobs_per_project
-    wall, cpu, polls, requests, rss = _steady(plan, fleet.jobs_per_project, seen.start, seen.steady)
+    wall, cpu, polls, requests, rss = _steady(plan, seen.per_page, seen.start, seen.steady)
     return SweepPoint(
         jobs=jobs,
         projects=count,

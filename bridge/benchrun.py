@@ -9,6 +9,7 @@ bridge child with its health URL in the ``health and metrics on URL`` log line.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -70,28 +71,37 @@ def sample(pid: int) -> Sample:
 
 
 async def _read_until(
-    proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes], what: str
+    proc: asyncio.subprocess.Process,
+    pattern: re.Pattern[bytes],
+    what: str,
+    tail: collections.deque[bytes] | None = None,
 ) -> str:
-    """Read the child's output until ``pattern`` matches; keep draining it afterwards."""
+    """Read the child's output until ``pattern`` matches; keep draining it into ``tail``."""
     assert proc.stdout is not None
-    seen: list[bytes] = []
+    seen: collections.deque[bytes] = tail if tail is not None else collections.deque(maxlen=200)
     try:
         async with asyncio.timeout(_START_TIMEOUT_S):
             while line := await proc.stdout.readline():
                 seen.append(line)
                 if match := pattern.search(line):
-                    asyncio.get_running_loop().create_task(_drain(proc.stdout))
+                    _DRAINS.add(asyncio.get_running_loop().create_task(_drain(proc.stdout, seen)))
                     return match.group(1).decode()
     except TimeoutError:
         pass
-    tail = b"".join(seen[-20:]).decode(errors="replace")
-    raise BenchError(f"{what} did not start (exit {proc.returncode}):\n{tail}")
+    text = b"".join(list(seen)[-20:]).decode(errors="replace")
+    raise BenchError(f"{what} did not start (exit {proc.returncode}):\n{text}")
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader, tail: collections.deque[bytes]) -> None:
     with contextlib.suppress(Exception):
-        while await stream.readline():
-            pass
+        while line := await stream.readline():
+            tail.append(line)
+    task = asyncio.current_task()
+    if task is not None:
+        _DRAINS.discard(task)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace_s: float = 15.0) -> None:
@@ -226,6 +236,7 @@ class BridgeChild:
         self._session = session
         self._proc: asyncio.subprocess.Process | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="dli-bench-")
+        self.output: collections.deque[bytes] = collections.deque(maxlen=400)
 
     def __repr__(self) -> str:
         return f"<BridgeChild {self.spec.name} pid={self.pid} {self.url or 'not started'}>"
@@ -242,7 +253,8 @@ class BridgeChild:
         argv = [sys.executable, "-m", "bridge", "--log-format", "json", "run"]
         self._proc = await _spawn([*argv, "--config", str(config)])
         try:
-            self.url = await _read_until(self._proc, _HEALTH_LINE, f"bridge {self.spec.name}")
+            what = f"bridge {self.spec.name}"
+            self.url = await _read_until(self._proc, _HEALTH_LINE, what, self.output)
             await self._until_ready()
         except BaseException:
             await _stop(self._proc)
@@ -278,3 +290,9 @@ class BridgeChild:
 
     def sample(self) -> Sample:
         return sample(self.pid)
+
+    def problems(self, count: int = 5) -> str:
+        """The last warning, error or traceback lines the child printed."""
+        marks = (b'"level": "warning"', b'"level": "error"', b"Traceback", b'"exception"')
+        lines = [line for line in self.output if any(m in line for m in marks)]
+        return b"".join(lines[-count:]).decode(errors="replace")[-4000:]

@@ -601,8 +601,6 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bridge import bench
 
     config = bench.BenchConfig(
@@ -623,11 +621,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sweep_duration_s=args.sweep_duration,
         partitions=args.partitions,
         bootstrap_servers=args.bootstrap_servers,
+        json_path=args.json,
     )
     report = asyncio.run(bench.run(config, lambda line: print(line, file=sys.stderr, flush=True)))
     print(bench.render(report))
-    if args.json:
-        Path(args.json).write_bytes(report.as_json())
+    report.save()
     return 0
 
 
