@@ -176,7 +176,7 @@ class App:
         self._fenced -= shards
         for shard in sorted(shards):
             # a shard whose revoke overran the drain deadline must close before it reopens
-            await scheduler.stop_shard(shard)
+            await scheduler.stop_shard(shard, revoke=True)
             scheduler.start_shard(
                 shard,
                 generation,
@@ -189,7 +189,7 @@ class App:
         """Stop the shards' polling (in-flight cycles commit or abort), close their producers;
         keep the state of cleanly stopped ones in case the next assignment hands them back."""
         drain_s = self.settings.polling.drain_s
-        stops = [asyncio.ensure_future(self.scheduler.stop_shard(s)) for s in shards]
+        stops = [asyncio.ensure_future(self.scheduler.stop_shard(s, revoke=True)) for s in shards]
         done, pending = await asyncio.wait(stops, timeout=drain_s) if stops else (set(), set())
         if pending:
             log.warning(

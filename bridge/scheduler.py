@@ -249,13 +249,19 @@ class Scheduler:
         self._runners[shard] = runner
         self._group.create_task(self._run_shard(runner), name=f"shard-{shard}")
 
-    async def stop_shard(self, shard: int) -> None:
-        """Stop polling ``shard``; returns once its cycles ended and it is closed."""
+    async def stop_shard(self, shard: int, *, revoke: bool = False) -> ShardRunner | None:
+        """Stop polling ``shard``; returns (the closed runner) once its cycles ended.
+
+        ``revoke``: the shard is no longer ours, so its in-flight cycles could not write
+        anyway: they are cancelled (after any write under way) instead of awaited.
+        """
         runner = self._runners.get(shard)
         if runner is None:
-            return
+            return None
+        runner.revoked = runner.revoked or revoke
         runner.stop.set()
         await runner.closed.wait()
+        return runner
 
     def shard_status(self) -> dict[int, ShardStatus]:
         return {shard: runner.status for shard, runner in self._runners.items()}
@@ -268,9 +274,13 @@ class Scheduler:
             if not await runner.ensure_open():
                 return
             async with asyncio.TaskGroup() as group:
-                for pid in runner.project_ids:
+                loops = [
                     group.create_task(self._run_project(runner, pid), name=f"project-{pid}")
+                    for pid in runner.project_ids
+                ]
                 await runner.stop.wait()
+                if runner.revoked:
+                    await runner.abandon(loops)
         finally:
             await runner.close()
             del self._runners[runner.shard]

@@ -97,6 +97,7 @@ class ShardRunner:
         self._still_ours = still_ours
         self._on_fenced = on_fenced
         self.restore_records = 0
+        self.revoked = False  # set by a revoke: cycles in flight are cancelled, not awaited
         self.restore_seconds = 0.0
 
     def __repr__(self) -> str:
@@ -185,6 +186,12 @@ class ShardRunner:
                 log.warning("shard %d: write failed (%r); pausing its projects", self.shard, exc)
                 return False
             return True
+
+    async def abandon(self, cycles: Sequence[asyncio.Task[None]]) -> None:
+        """Cancel the shard's cycles once no write is under way (the lock is free)."""
+        async with self.lock:
+            for cycle in cycles:
+                cycle.cancel()
 
     def _fence(self, exc: ProducerFencedError) -> None:
         """Fatal for this shard: stop it; only a new assignment brings it back (DESIGN.md)."""
