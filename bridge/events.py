@@ -38,6 +38,7 @@ __all__ = [
     "parse_state",
     "state_record",
     "state_tombstone",
+    "watermark",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,3 +283,15 @@ def dead_letter(
     key = project_id.encode() if job_id is None else job_key(project_id, job_id)
     headers = (("content-type", JSON_CONTENT_TYPE), ("schema_version", b"1"))
     return OutRecord(key=key, value=orjson.dumps(value), headers=headers)
+
+
+def watermark(*, project_id: str, observed_through: datetime, jobs: int, mode: str) -> OutRecord:
+    """The project's "observed through" record (``schemas/watermark/v1.json``)."""
+    value = {
+        "project_id": project_id,
+        "observed_through": format_time(observed_through),
+        "jobs": jobs,
+        "mode": mode,
+    }
+    headers = (("content-type", JSON_CONTENT_TYPE), ("schema_version", b"1"))
+    return OutRecord(key=project_id.encode(), value=orjson.dumps(value), headers=headers)

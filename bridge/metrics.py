@@ -86,6 +86,18 @@ class Metrics:
             ["project"],
             registry=r,
         )
+        self.watermark = Gauge(
+            "dli_bridge_project_watermark_timestamp_seconds",
+            "The last watermark written for a project: observed through (epoch seconds)",
+            ["project"],
+            registry=r,
+        )
+        self.watermark_stalled_since = Gauge(
+            "dli_bridge_project_watermark_stalled_since_timestamp_seconds",
+            "Since when a project's watermark stopped advancing (epoch seconds; 0 = advancing)",
+            ["project"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "dli_bridge_breaker_open",
             "1 while a project's circuit breaker is not closed",

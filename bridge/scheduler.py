@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -44,7 +45,7 @@ from bridge.settings import AuthSettings, Settings
 from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
 from bridge.sink import Sink, StillOurs
-from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint
+from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint, utc
 
 __all__ = ["JobApi", "PollConfig", "Scheduler", "ticks"]
 
@@ -343,12 +344,17 @@ class Scheduler:
 
     async def _cycle(self, runner: ShardRunner, cycle: Cycle, *, full: bool) -> str:
         if full:
+            cycle.started = self._clock()
             cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
         fetch, confirm = self._decide(cycle, full=full)
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
         await self._fetch_all(cycle, fetch, confirm)
-        if not await self._commit(runner, cycle):
+        through = cycle.observed_through() if full else None
+        committed = await self._commit(runner, cycle, through)
+        if full:
+            self._note_watermark(cycle, through if committed else None)
+        if not committed:
             return "aborted"
         if cycle.rows is not None:
             cycle.project.note_sweep(cycle.rows)
@@ -488,6 +494,7 @@ class Scheduler:
         except ApiError as exc:
             self._api_done("detail", _api_outcome(exc), started)
             log.debug("project %s job %d: detail failed (%r)", pid, job_id, exc)
+            cycle.failed += 1
             return
         self._api_done("detail", "ok", started)
         self._judge_body(cycle, job_id, body, self._clock())
@@ -510,13 +517,19 @@ class Scheduler:
 
     # --- commit ----------------------------------------------------------------------------
 
-    async def _commit(self, runner: ShardRunner, cycle: Cycle) -> bool:
-        """Write what the cycle saw, batch by batch; state moves after each write returns."""
+    async def _commit(self, runner: ShardRunner, cycle: Cycle, through: float | None) -> bool:
+        """Write what the cycle saw, batch by batch; state moves after each write returns.
+
+        The watermark (``through``) rides in the last batch: a reader that sees it has seen
+        every event of the cycle (one transaction under exactly-once).
+        """
         dead = list(cycle.dead.items())
         for seen in cycle.seen:
             seen.publish = self._filter.publishes(seen.change.kind)
-        pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS)) or ([()] if dead else [])
-        for piece in pieces:
+        pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS))
+        if not pieces and (dead or through is not None):
+            pieces = [()]
+        for index, piece in enumerate(pieces):
             records = batch(
                 cycle.project,
                 piece,
@@ -524,6 +537,8 @@ class Scheduler:
                 options=self.config.event_options,
                 generation=runner.generation,
             )
+            if through is not None and index == len(pieces) - 1:
+                records = dataclasses.replace(records, watermarks=[self._mark(cycle, through)])
             if not await runner.write(cycle.epoch, records):
                 self.metrics.transactions.labels("failed").inc()
                 return False
@@ -532,6 +547,38 @@ class Scheduler:
             self._count_commit(piece, len(dead))
             dead = []
         return True
+
+    def _mark(self, cycle: Cycle, through: float) -> events.OutRecord:
+        return events.watermark(
+            project_id=cycle.project.project_id,
+            observed_through=utc(through),
+            jobs=len(cycle.rows or ()),
+            mode=self.config.mode,
+        )
+
+    def _note_watermark(self, cycle: Cycle, through: float | None) -> None:
+        """Advance the project's watermark, or note (once) since when it is stalled."""
+        project, pid = cycle.project, cycle.project.project_id
+        if through is not None:
+            project.watermark_at = through
+            self.metrics.watermark.labels(pid).set(through)
+            if project.stalled_since is not None:
+                log.info("project %s: watermark advancing again (%s)", pid, utc(through))
+                project.stalled_since = None
+                self.metrics.watermark_stalled_since.labels(pid).set(0)
+            return
+        if project.stalled_since is not None:
+            return
+        project.stalled_since = self._clock()
+        self.metrics.watermark_stalled_since.labels(pid).set(project.stalled_since)
+        if cycle.rows is None:
+            why = "list sweep incomplete (throttled, breaker open, auth or API failing)"
+        elif cycle.failed:
+            why = f"{cycle.failed} detail calls failed"
+        else:
+            why = "sink write failed"
+        last = utc(project.watermark_at) if project.watermark_at else "never advanced"
+        log.warning("project %s: watermark stalled at %s: %s", pid, last, why)
 
     def _count_commit(self, piece: Sequence[Seen], dead_letters: int) -> None:
         now = self._clock()

@@ -30,6 +30,7 @@ __all__ = [
     "MissedReason",
     "PatchOp",
     "Schema",
+    "WatermarkV1",
     "check",
     "export",
     "is_backward_compatible",
@@ -131,6 +132,21 @@ class DeadLetterV1(_Wire):
     body_encoding: Literal["utf-8", "base64"]
 
 
+class WatermarkV1(_Wire):
+    """A project observed through a time: every change before it is already published.
+
+    Written after a complete sweep of the project, in the same transaction as that cycle's
+    events, so a ``read_committed`` reader that sees it has seen those events too.
+    """
+
+    project_id: str
+    observed_through: Timestamp = Field(
+        description="every change of the project before this time is already published"
+    )
+    jobs: Annotated[int, Field(ge=0, description="jobs tracked inside the filters")]
+    mode: Literal["detail", "list", "sweep"]
+
+
 @dataclass(frozen=True, slots=True)
 class Schema:
     """One released schema file: its name, version, model and title."""
@@ -149,6 +165,7 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("job-event", 1, JobEventV1, "DLI job change event (CloudEvents 1.0)"),
     Schema("job-state", 1, JobStateV1, "DLI job state record"),
     Schema("dead-letter", 1, DeadLetterV1, "DLI dead letter"),
+    Schema("watermark", 1, WatermarkV1, "DLI project watermark"),
 )
 
 

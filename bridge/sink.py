@@ -71,16 +71,24 @@ _UNAVAILABLE = (
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The three topic names (``settings.kafka.topics``)."""
+    """The topic names (``settings.kafka.topics``)."""
 
     events: str
     state: str
     dlq: str
+    watermarks: str = "dli.jobs.watermarks"
+    signals: str = "dli.jobs.signals"
 
     @classmethod
     def from_settings(cls, kafka: KafkaSettings) -> Self:
         topics = kafka.topics
-        return cls(events=topics.events, state=topics.state, dlq=topics.dlq)
+        return cls(
+            events=topics.events,
+            state=topics.state,
+            dlq=topics.dlq,
+            watermarks=topics.watermarks,
+            signals=topics.signals,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +98,11 @@ class Batch:
     events: Sequence[OutRecord] = ()
     state: Sequence[OutRecord] = ()  # to the state topic, partition = shard, explicitly
     dead_letters: Sequence[OutRecord] = ()
+    # per-project "observed through" records: in the same transaction as the cycle's events
+    watermarks: Sequence[OutRecord] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.state or self.dead_letters)
+        return bool(self.events or self.state or self.dead_letters or self.watermarks)
 
 
 class ShardWriter(Protocol):
@@ -350,6 +360,7 @@ def _route(topics: Topics, batch: Batch, shard: int) -> list[tuple[str, int | No
         *((topics.events, None, r) for r in batch.events),
         *((topics.state, shard, r) for r in batch.state),
         *((topics.dlq, None, r) for r in batch.dead_letters),
+        *((topics.watermarks, None, r) for r in batch.watermarks),
     ]
 
 
@@ -430,6 +441,7 @@ class _Writer:
             self._producer, [(topics.state, self.shard, r) for r in batch.state]
         )
         await _send_all(self._producer, [(topics.dlq, None, r) for r in batch.dead_letters])
+        await _send_all(self._producer, [(topics.watermarks, None, r) for r in batch.watermarks])
         self._note_state_end(written, marker=0)
 
     def _note_state_end(self, written: Sequence[Any], *, marker: int) -> None:
@@ -559,7 +571,16 @@ class TopicAdmin:
             "min.compaction.lag.ms": str(DEFAULT_STATE_MIN_COMPACTION_LAG_MS),
             "segment.ms": str(DEFAULT_STATE_SEGMENT_MS),
         }
-        configs = {topics.events: delete, topics.state: compact, topics.dlq: delete}
+        # watermarks: delete, like events, so a reader replaying events finds the watermarks
+        # that were interleaved with them (compaction would keep only the latest per project);
+        # signals: delete too, a request is read once by the shard's owner at that time.
+        configs = {
+            topics.events: delete,
+            topics.state: compact,
+            topics.dlq: delete,
+            topics.watermarks: delete,
+            topics.signals: delete,
+        }
         return {
             name: NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=config)
             for name, config in configs.items()
@@ -639,7 +660,13 @@ class MemorySink:
         self.shards = partitions
         self.log: dict[str, list[list[OutRecord]]] = {
             name: [[] for _ in range(partitions)]
-            for name in (self.topics.events, self.topics.state, self.topics.dlq)
+            for name in (
+                self.topics.events,
+                self.topics.state,
+                self.topics.dlq,
+                self.topics.watermarks,
+                self.topics.signals,
+            )
         }
         self.last_restore: dict[int, RestoreStats] = {}
         self.writes = 0  # successful writes (batches)

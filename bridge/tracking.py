@@ -101,6 +101,8 @@ class ProjectState:
     last_breaker: BreakerState = BreakerState.CLOSED
     sweep_failing: bool = False
     parked: set[int] = field(default_factory=set)  # tracked jobs outside the filters now
+    watermark_at: float = 0.0  # the last "observed through" written (epoch seconds)
+    stalled_since: float | None = None  # when its watermark stopped advancing
 
     def park(self, accepted: Iterable[int], rejected: Iterable[int]) -> None:
         """After a complete sweep: tracked jobs whose row the filters reject are parked (no
@@ -176,6 +178,24 @@ class Cycle:
     dead: dict[DeadKey, events.OutRecord] = field(default_factory=dict)
     rows: dict[int, JsonDict] | None = None
     row_fps: dict[int, bytes] = field(default_factory=dict)
+    started: float = 0.0  # when its list sweep began (epoch seconds)
+    failed: int = 0  # detail calls that did not answer (throttled, 5xx, breaker, auth)
+
+    def observed_through(self) -> float | None:
+        """How far this cycle observed the project completely, or None when it did not.
+
+        Complete means: the sweep completed and every planned detail call answered. The time
+        is the sweep's start, lowered to the oldest detail view of any job this cycle did not
+        observe afresh (list mode sees config edits only on reconcile; a missing job's last
+        view is when it was last seen), and never below the previous watermark.
+        """
+        if self.rows is None or self.failed:
+            return None
+        fresh = {seen.job_id: seen.observed_at for seen in self.seen}
+        through = self.started
+        for job_id, tracked in self.project.watched().items():
+            through = min(through, fresh.get(job_id, tracked.known.detail_at or 0.0))
+        return max(through, self.project.watermark_at)
 
     def unchanged(self, job_id: int, fp: bytes, observed: float) -> bool:
         """The same bytes as last time: unchanged, and nothing was parsed to know it."""

@@ -71,6 +71,14 @@ def leaks(records: Sequence[ConsumerRecord[bytes, bytes]], forms: Sequence[bytes
     return found
 
 
+def environ_for(bootstrap: str, base_url: str, projects: Sequence[str], name: str, **polling: Any):
+    """test_app's environment plus topics of this test's own for watermarks and signals."""
+    environ = bridge_environ(bootstrap, base_url, projects, name, **polling)
+    environ["BRIDGE_KAFKA__TOPICS__WATERMARKS"] = f"{name}.watermarks"
+    environ["BRIDGE_KAFKA__TOPICS__SIGNALS"] = f"{name}.signals"
+    return environ
+
+
 def topic_names(settings: Settings) -> list[str]:
     topics = settings.kafka.topics
     return [getattr(topics, name) for name in type(topics).model_fields]
@@ -89,7 +97,7 @@ async def test_no_secret_reaches_any_topic_and_a_changed_password_is_an_update(
         pid = sim.project_ids[0]
         secret_job = sim.create_job(pid, job_type="flink_opensource_sql_job", variant=0)
         sim.create_job(pid, job_type="flink_jar_job", variant=3)
-        environ = bridge_environ(kafka_bootstrap, url, sim.project_ids, name, mode=mode)
+        environ = environ_for(kafka_bootstrap, url, sim.project_ids, name, mode=mode)
         environ["BRIDGE_REDACTION__HASH_KEY"] = HASH_KEY
         settings = Settings.from_env(environ)
         stop = asyncio.Event()
@@ -120,3 +128,69 @@ async def test_no_secret_reaches_any_topic_and_a_changed_password_is_an_update(
     assert "/sql_body" in change["changed"]
     assert "******(h:" in change["after"]["sql_body"]
     assert change["before"]["sql_body"] != change["after"]["sql_body"]
+
+
+def _ms(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def watermark_problems(
+    marks: Sequence[ConsumerRecord[bytes, bytes]],
+    events: Sequence[ConsumerRecord[bytes, bytes]],
+    truth: Sequence[Any],
+    interval_ms: float,
+) -> tuple[int, list[str]]:
+    """For each watermark: every job's last change older than observed_through minus one
+    interval is reported (or superseded by a reported later change) by an event committed no
+    later than the watermark (record timestamps: one producer per shard, sequential writes)."""
+    from tests.test_app import _matched
+
+    problems, checked = [], 0
+    for mark in marks:
+        wm = orjson.loads(mark.value)
+        horizon = _ms(wm["observed_through"]) - interval_ms
+        seen: dict[int, list[Any]] = {}
+        for record in events:
+            data = orjson.loads(record.value)["data"]
+            if data["project_id"] == wm["project_id"] and record.timestamp <= mark.timestamp:
+                seen.setdefault(data["job_id"], []).append(data)
+        per_job: dict[int, list[Any]] = {}
+        for change in truth:
+            if change.project_id == wm["project_id"]:
+                per_job.setdefault(change.job_id, []).append(change)
+        for job_id, changes in per_job.items():
+            due = [i for i, c in enumerate(changes) if c.at < horizon]
+            if not due:
+                continue
+            checked += 1
+            candidates = changes[due[-1] :]
+            if not any(not _matched(c, float("inf"), seen.get(job_id, [])) for c in candidates):
+                problems.append(f"{wm}: job {job_id} {[(c.kind, c.at) for c in candidates]}")
+    return checked, problems
+
+
+async def test_a_watermark_means_every_older_change_was_already_published(
+    make_simulator, kafka_bootstrap, request
+):
+    from tests.test_app import INTERVAL_S
+
+    name = unique_name(request, "watermark")
+    async with make_simulator(projects=3, jobs_per_project=5, seed=9) as (sim, url):
+        environ = environ_for(kafka_bootstrap, url, sim.project_ids, name)
+        settings = Settings.from_env(environ)
+        stop = asyncio.Event()
+        async with App(settings) as app, asyncio.TaskGroup() as group:
+            group.create_task(app.run(stop))
+            await wait_ready(app.health_url)
+            await drive(sim, seconds=6.0, per_s=4.0)
+            await asyncio.sleep(2 * INTERVAL_S)
+            stop.set()
+        topics = settings.kafka.topics
+        marks = await read_records(kafka_bootstrap, topics.watermarks)
+        events = await read_records(kafka_bootstrap, topics.events)
+    assert {orjson.loads(m.value)["project_id"] for m in marks} == set(sim.project_ids)
+    checked, problems = watermark_problems(marks, events, sim.changes(), INTERVAL_S * 1000)
+    assert not problems, "\n".join(problems[:10])
+    assert checked > 50

@@ -498,3 +498,42 @@ async def test_filtered_event_kinds_move_state_without_a_sequence_gap(make_simul
     assert kinds(events) == ["discovered", "status_changed"]
     assert [e["data"]["sequence"] for e in events] == [1, 2]
     assert events[1]["data"]["changed"] == ["/status"]  # the desc change was already taken in
+
+
+# --- watermarks (issue 11) --------------------------------------------------------------------
+
+
+def _watermarks(eng: Engine, pid: str) -> list[dict[str, Any]]:
+    records = eng.sink.records(eng.sink.topics.watermarks)
+    return [orjson.loads(r.value) for r in records if r.key == pid.encode() and r.value]
+
+
+@pytest.mark.parametrize("mode", ["list", "detail", "sweep"])
+async def test_watermarks_advance_with_complete_sweeps_and_stall_while_throttled(
+    make_simulator, caplog, mode
+):
+    from datetime import datetime
+
+    async with make_simulator(projects=2, jobs_per_project=3) as (sim, url):
+        pid, other = sim.project_ids
+        async with engine(url, sim.project_ids, mode=mode, reconcile_interval_s=0.5) as eng:
+            await until(lambda: len(_watermarks(eng, pid)) >= 3, "watermarks")
+            sim.set_faults(pid, throttle_per_s=0.001)
+            await until(
+                lambda: eng.metrics.watermark_stalled_since.labels(pid)._value.get() > 0, "stall"
+            )
+            stalled = len(_watermarks(eng, pid))
+            others = len(_watermarks(eng, other))
+            await asyncio.sleep(0.8)
+            during = len(_watermarks(eng, pid))
+            other_during = len(_watermarks(eng, other))
+            sim.set_faults(pid, throttle_per_s=0)
+            await until(lambda: len(_watermarks(eng, pid)) > during, "advancing again")
+            marks = _watermarks(eng, pid)
+    assert during == stalled  # nothing while throttled
+    assert other_during > others  # the other project is not held up
+    times = [datetime.fromisoformat(m["observed_through"]) for m in marks]
+    assert times == sorted(times)
+    assert {m["mode"] for m in marks} == {mode}
+    assert marks[-1]["jobs"] == 3
+    assert "watermark stalled" in caplog.text

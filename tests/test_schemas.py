@@ -23,6 +23,7 @@ RELEASED = {
     "job-event/v1.json": "c8102d55847bd7f2d58c5d54894d1e5316ac41d5ecefdadf0956f6bdb655f6b9",
     "job-state/v1.json": "a7ad2b5e1556ffec960954f19edf437acc5454a0901db416fbdb78232d931cf9",
     "dead-letter/v1.json": "935c2e6ce46422de966718aca6b088b3df9ce526537d6ef812788520b1acdc3a",
+    "watermark/v1.json": "d72d8979bf9312ef9c8b1e597f6c2e7ac4eea9c780f2477f023c9294d67c138c",
 }
 
 
@@ -227,3 +228,42 @@ def test_released_v1_files_are_compatible_with_themselves():
     for schema in schemas.SCHEMAS:
         doc = orjson.loads((ROOT / schema.relpath).read_bytes())
         assert schemas.is_backward_compatible(doc, copy.deepcopy(doc)) == []
+
+
+def test_a_watermark_record_validates_against_its_schema():
+    from datetime import UTC, datetime
+
+    from bridge.events import watermark
+
+    record = watermark(
+        project_id="p-1", observed_through=datetime(2026, 1, 2, tzinfo=UTC), jobs=3, mode="list"
+    )
+    doc = orjson.loads((ROOT / "watermark/v1.json").read_bytes())
+    assert record.value is not None
+    Draft202012Validator(doc).validate(orjson.loads(record.value))
+    assert record.key == b"p-1"
+
+
+def test_job_event_v1_already_accepts_snapshot_events():
+    """Issue 11's ``snapshot`` kind needs no new version: v1 was released with it reserved
+    (kind enum and type pattern), so a v1 validator accepts a snapshot event as it is."""
+    from datetime import UTC, datetime
+
+    from bridge.diff import JobChange
+    from bridge.events import EventOptions, build_event
+
+    job = {"job_id": 7, "name": "j", "status": "job_running"}
+    change = JobChange(ChangeKind.SNAPSHOT, (), (), "job_running", "job_running", None, job)
+    record = build_event(
+        change,
+        project_id="p-1",
+        job_id=7,
+        job_name="j",
+        sequence=4,
+        observed_at=datetime(2026, 1, 2, tzinfo=UTC),
+        previous_observed_at=None,
+        options=EventOptions(region="r"),
+    )
+    doc = orjson.loads((ROOT / "job-event/v1.json").read_bytes())
+    assert record.value is not None
+    Draft202012Validator(doc).validate(orjson.loads(record.value))
