@@ -25,6 +25,7 @@ from bridge.metrics import Metrics
 from bridge.scheduler import PollConfig, Scheduler
 from bridge.settings import Settings
 from bridge.shard import Held, ShardStatus
+from bridge.signals import SignalReader
 from bridge.sink import KafkaSink, Sink, client_options
 from bridge.state import RestoreStats
 
@@ -110,6 +111,9 @@ class App:
             projects = settings.projects.ids or await _discover(client)
         config = PollConfig.from_settings(settings, partitions=self._partitions)
         self._scheduler = Scheduler(client, sink, config, self.metrics, projects)
+        if self._sink is None:  # re-snapshot requests (dli-bridge resnapshot), issue 11
+            signals = SignalReader(settings.kafka, self._scheduler.request_snapshot)
+            await stack.enter_async_context(signals)
         log.info(
             "watching %d projects over %d shards, %s mode every %g s",
             len(projects),

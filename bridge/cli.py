@@ -151,6 +151,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- resnapshot (owner: production safety) --------------------------------------------------
+
+
+def _add_resnapshot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "resnapshot",
+        help="ask the bridge for a snapshot event per job",
+        description="Write a re-snapshot request to the signals topic (kafka.topics.signals). "
+        "The bridge instance owning the project's shard answers with one `snapshot` event per "
+        "live job (its current, redacted state, in the job's normal sequence), then a "
+        "watermark. The same --request-id is answered once.",
+    )
+    p.add_argument("--project", required=True, help="the project id")
+    p.add_argument("--job", type=int, help="only this job id")
+    p.add_argument("--request-id", help="idempotency key (default: a new random id)")
+    p.add_argument("--config", metavar="FILE", help="a dli-bridge TOML config (Kafka, topics)")
+    p.add_argument("--bootstrap-servers", help="Kafka (default: the config's, else local)")
+    p.set_defaults(func=_cmd_resnapshot)
+
+
+def _cmd_resnapshot(args: argparse.Namespace) -> int:
+    from bridge.settings import KafkaSettings, Settings
+    from bridge.signals import SnapshotRequest, send_request
+
+    kafka = Settings.from_env(toml_path=args.config).kafka if args.config else KafkaSettings()
+    if args.bootstrap_servers:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    request = SnapshotRequest.new(args.project, args.job, args.request_id)
+    asyncio.run(send_request(kafka, request))
+    print(f"requested {request.request_id} on {kafka.topics.signals}")
+    return 0
+
+
 # --- check-config (owner: settings) ---------------------------------------------------------
 
 
@@ -660,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_tail(sub)
     _add_simulate(sub)
+    _add_resnapshot(sub)
     _add_schemas(sub)
     _add_check_config(sub)
     _add_local_kafka(sub)

@@ -82,6 +82,7 @@ class StateValue:
     fingerprint: bytes
     row_fingerprint: bytes | None
     observed_at: datetime
+    answered: tuple[str, ...] = ()  # re-snapshot request ids already answered
 
 
 def job_key(project_id: str, job_id: int) -> bytes:
@@ -203,8 +204,9 @@ def state_record(
     row_fingerprint: bytes | None,
     observed_at: datetime,
     generation: int = 0,
+    answered: tuple[str, ...] = (),
 ) -> OutRecord:
-    """The compacted state topic's record of one job (``schemas/job-state/v1.json``).
+    """The compacted state topic's record of one job (``schemas/job-state/v2.json``).
 
     ``snapshot`` is the job's JSON as bytes and is embedded as is, without re-parsing.
     """
@@ -216,6 +218,7 @@ def state_record(
         "fingerprint": fingerprint.hex(),
         "row_fingerprint": None if row_fingerprint is None else row_fingerprint.hex(),
         "observed_at": format_time(observed_at),
+        "answered": list(answered),
     }
     return OutRecord(
         key=job_key(project_id, job_id),
@@ -234,7 +237,7 @@ def state_tombstone(project_id: str, job_id: int, generation: int = 0) -> OutRec
 def _state_headers(generation: int) -> Headers:
     return (
         ("content-type", JSON_CONTENT_TYPE),
-        ("schema_version", b"1"),
+        ("schema_version", b"2"),
         ("generation", str(generation).encode()),
     )
 
@@ -252,6 +255,7 @@ def parse_state(value: bytes) -> StateValue:
             fingerprint=bytes.fromhex(doc["fingerprint"]),
             row_fingerprint=None if row_fp is None else bytes.fromhex(row_fp),
             observed_at=datetime.fromisoformat(doc["observed_at"]),
+            answered=tuple(str(a) for a in doc.get("answered", ())),
         )
     except (KeyError, TypeError) as exc:  # ValueError (JSON, hex, int, time) passes as is
         raise ValueError(f"not a state record: {exc!r}") from exc

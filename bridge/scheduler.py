@@ -28,7 +28,7 @@ import orjson
 from bridge import events, sweep
 from bridge.breaker import BreakerState
 from bridge.client import parse_job_body
-from bridge.diff import without_ignored
+from bridge.diff import ChangeKind, JobChange, without_ignored
 from bridge.errors import (
     ApiError,
     AuthError,
@@ -44,6 +44,7 @@ from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_de
 from bridge.settings import AuthSettings, Settings
 from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
+from bridge.signals import SnapshotRequest
 from bridge.sink import Sink, StillOurs
 from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint, utc
 
@@ -207,6 +208,8 @@ class Scheduler:
         self._redactor = Redactor(config.redaction)
         self._fp_key = _fingerprint_key(config.redaction)
         self._filter = JobFilter(config.filters)
+        self._watched = frozenset(projects)
+        self._requests: dict[str, dict[str, SnapshotRequest]] = {}
         for warning in startup_warnings(config.redaction):
             log.warning("%s", warning)
         self._pool = asyncio.Semaphore(config.max_in_flight)
@@ -291,6 +294,17 @@ class Scheduler:
     def shard_status(self) -> dict[int, ShardStatus]:
         return {shard: runner.status for shard, runner in self._runners.items()}
 
+    def request_snapshot(self, request: SnapshotRequest) -> bool:
+        """Queue a re-snapshot; answered by the next complete poll while its shard is owned
+        here (an instance that does not own it keeps it for a later assignment)."""
+        if request.project_id not in self._watched:
+            return False
+        pending = self._requests.setdefault(request.project_id, {})
+        if request.request_id not in pending:
+            log.info("project %s: re-snapshot %s requested", request.project_id, request)
+            pending[request.request_id] = request
+        return True
+
     def jobs_tracked(self) -> int:
         return sum(len(p.jobs) for r in self._runners.values() for p in r.projects.values())
 
@@ -347,15 +361,23 @@ class Scheduler:
             cycle.started = self._clock()
             cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
         fetch, confirm = self._decide(cycle, full=full)
+        requests = list(self._requests.get(cycle.project.project_id, {}).values())
+        if full and requests and cycle.rows is not None and self.config.mode == "list":
+            # a light row does not show config: a snapshot must be fresh, so fetch every target
+            fetch += sorted(set(self._targets(cycle, requests)) - set(fetch))
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
         await self._fetch_all(cycle, fetch, confirm)
+        answered = self._answer(cycle, requests) if full else []
         through = cycle.observed_through() if full else None
         committed = await self._commit(runner, cycle, through)
         if full:
             self._note_watermark(cycle, through if committed else None)
         if not committed:
             return "aborted"
+        for request in answered:
+            log.info("project %s: re-snapshot %s answered", request.project_id, request.request_id)
+            self._requests.get(request.project_id, {}).pop(request.request_id, None)
         if cycle.rows is not None:
             cycle.project.note_sweep(cycle.rows)
         return "incomplete" if full and cycle.rows is None else "ok"
@@ -524,8 +546,9 @@ class Scheduler:
         every event of the cycle (one transaction under exactly-once).
         """
         dead = list(cycle.dead.items())
-        for seen in cycle.seen:
-            seen.publish = self._filter.publishes(seen.change.kind)
+        for seen in cycle.seen:  # requested snapshots are always published
+            kind = seen.change.kind
+            seen.publish = kind is ChangeKind.SNAPSHOT or self._filter.publishes(kind)
         pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS))
         if not pieces and (dead or through is not None):
             pieces = [()]
@@ -547,6 +570,49 @@ class Scheduler:
             self._count_commit(piece, len(dead))
             dead = []
         return True
+
+    # --- re-snapshot ----------------------------------------------------------------------
+
+    @staticmethod
+    def _targets(cycle: Cycle, requests: Sequence[SnapshotRequest]) -> list[int]:
+        """Live jobs inside the filters that some request asks for."""
+        rows = cycle.rows or {}
+        wanted = {r.job_id for r in requests}
+        return [j for j in rows if None in wanted or j in wanted]
+
+    def _answer(self, cycle: Cycle, requests: Sequence[SnapshotRequest]) -> list[SnapshotRequest]:
+        """Append one snapshot per target job not yet answered; the requests now answered.
+
+        Only a complete, fully answered poll answers: a snapshot must be the job's state now.
+        """
+        if not requests or cycle.rows is None or cycle.failed:
+            return []
+        latest = {s.job_id: s for s in cycle.seen}
+        observed = self._clock()
+        for request in requests:
+            for job_id in self._targets(cycle, [request]):
+                self._snapshot(cycle, job_id, latest.get(job_id), request, observed)
+        return list(requests)
+
+    @staticmethod
+    def _snapshot(
+        cycle: Cycle, job_id: int, seen: Seen | None, request: SnapshotRequest, observed: float
+    ) -> None:
+        tracked = cycle.project.jobs.get(job_id)
+        if tracked is not None and request.request_id in tracked.answered:
+            return  # answered before (by this instance or the shard's previous owner)
+        if seen is not None and seen.snapshot is not None:
+            snapshot, fp, row_fp = seen.snapshot, seen.fingerprint, seen.row_fp
+        elif tracked is not None and seen is None:
+            snapshot, fp, row_fp = tracked.snapshot, tracked.fingerprint, None
+        else:
+            return  # not known yet (detail failed) or deleted: nothing to show
+        doc = orjson.loads(snapshot)
+        status = doc.get("status")
+        change = JobChange(ChangeKind.SNAPSHOT, (), (), status, status, None, doc)
+        cycle.seen.append(
+            Seen(job_id, change, snapshot, fp, row_fp, observed, answers=request.request_id)
+        )
 
     def _mark(self, cycle: Cycle, through: float) -> events.OutRecord:
         return events.watermark(

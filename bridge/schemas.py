@@ -27,6 +27,7 @@ __all__ = [
     "JobEventDataV1",
     "JobEventV1",
     "JobStateV1",
+    "JobStateV2",
     "MissedReason",
     "PatchOp",
     "Schema",
@@ -120,6 +121,14 @@ class JobStateV1(_Wire):
     observed_at: Timestamp
 
 
+class JobStateV2(JobStateV1):
+    """v1 plus the re-snapshot requests this job's snapshot already answered (issue 11)."""
+
+    answered: list[str] = Field(
+        default_factory=list, description="ids of re-snapshot requests answered, newest last"
+    )
+
+
 class DeadLetterV1(_Wire):
     """A DLI answer we could not use: the raw body, the error, and where it came from."""
 
@@ -164,6 +173,7 @@ class Schema:
 SCHEMAS: tuple[Schema, ...] = (
     Schema("job-event", 1, JobEventV1, "DLI job change event (CloudEvents 1.0)"),
     Schema("job-state", 1, JobStateV1, "DLI job state record"),
+    Schema("job-state", 2, JobStateV2, "DLI job state record"),
     Schema("dead-letter", 1, DeadLetterV1, "DLI dead letter"),
     Schema("watermark", 1, WatermarkV1, "DLI project watermark"),
 )

@@ -41,6 +41,9 @@ __all__ = [
 
 # Distinct malformed bodies remembered per project (so each goes to the DLQ once).
 DEAD_LETTER_MEMORY = 10_000
+# Re-snapshot request ids remembered per job (in its state record): a request read again
+# (another instance, a restart) finds its id and is not answered twice.
+ANSWERED_MEMORY = 8
 
 DeadKey = tuple[int | None, bytes]
 
@@ -67,6 +70,7 @@ class Tracked:
     fingerprint: bytes  # of the body (detail) or row bytes (sweep) the snapshot came from
     observed_at: datetime
     known: sweep.Known
+    answered: tuple[str, ...] = ()  # re-snapshot requests this job already answered
 
     def touch(self, row_fp: bytes | None, observed: float) -> None:
         """Seen again, unchanged: the list-mode plan counts it as freshly fetched."""
@@ -86,6 +90,13 @@ class Seen:
     row_fp: bytes | None
     observed_at: float  # epoch seconds
     publish: bool = True  # False: its kind is filtered out; state moves, no event, no sequence
+    answers: str | None = None  # a snapshot event: the re-snapshot request it answers
+
+
+def _answered(before: tuple[str, ...], seen: Seen) -> tuple[str, ...]:
+    if seen.answers is None:
+        return before
+    return (*before, seen.answers)[-ANSWERED_MEMORY:]
 
 
 @dataclass(slots=True, eq=False)
@@ -156,8 +167,9 @@ class ProjectState:
             if seen.row_fp is not None:
                 known.row_fp = seen.row_fp
             sequence = (tracked.sequence if tracked is not None else 0) + seen.publish
+            answered = _answered(tracked.answered if tracked is not None else (), seen)
             self.jobs[seen.job_id] = Tracked(
-                sequence, seen.snapshot, seen.fingerprint, utc(seen.observed_at), known
+                sequence, seen.snapshot, seen.fingerprint, utc(seen.observed_at), known, answered
             )
             self.set_status(seen.job_id, status)
         if len(self.sent_dead_letters) + len(dead) > DEAD_LETTER_MEMORY:
@@ -283,7 +295,7 @@ def restore(
         observed = value.observed_at
         known = sweep.Known(value.row_fingerprint, observed.timestamp(), status)
         project.jobs[value.job_id] = Tracked(
-            value.sequence, value.snapshot, value.fingerprint, observed, known
+            value.sequence, value.snapshot, value.fingerprint, observed, known, value.answered
         )
         project.discovering = False
         project.set_status(value.job_id, status)
@@ -302,11 +314,15 @@ def batch(
     pid = project.project_id
     out: list[events.OutRecord] = []
     state: list[events.OutRecord] = []
-    sequences: dict[int, int] = {}  # a job seen twice in one chunk (a change, then a snapshot)
+    # a job seen twice in one chunk (a change, then a snapshot): the second goes on from the first
+    sequences: dict[int, int] = {}
+    answers: dict[int, tuple[str, ...]] = {}
     for seen in chunk:
         tracked = project.jobs.get(seen.job_id)
         last = sequences.get(seen.job_id, tracked.sequence if tracked is not None else 0)
         sequence = sequences[seen.job_id] = last + seen.publish
+        before = answers.get(seen.job_id, tracked.answered if tracked is not None else ())
+        answered = answers[seen.job_id] = _answered(before, seen)
         observed_at = utc(seen.observed_at)
         if seen.publish:
             out.append(_event(project, seen, tracked, sequence, options))
@@ -326,6 +342,7 @@ def batch(
                 row_fingerprint=row_fp,
                 observed_at=observed_at,
                 generation=generation,
+                answered=answered,
             )
         )
     return Batch(events=out, state=state, dead_letters=dead)

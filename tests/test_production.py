@@ -194,3 +194,67 @@ async def test_a_watermark_means_every_older_change_was_already_published(
     checked, problems = watermark_problems(marks, events, sim.changes(), INTERVAL_S * 1000)
     assert not problems, "\n".join(problems[:10])
     assert checked > 50
+
+
+async def test_resnapshot_answers_once_with_each_live_jobs_current_state(
+    make_simulator, kafka_bootstrap, request, tmp_path
+):
+    from bridge.cli import main
+    from bridge.redact import RedactionSettings, Redactor
+    from bridge.signals import SnapshotRequest, send_request
+    from bridge.simulator.render import detail
+
+    name = unique_name(request, "resnap")
+    async with make_simulator(projects=2, jobs_per_project=4, seed=5) as (sim, url):
+        pid, other = sim.project_ids
+        environ = environ_for(kafka_bootstrap, url, sim.project_ids, name)
+        environ["BRIDGE_REDACTION__HASH_KEY"] = HASH_KEY
+        settings = Settings.from_env(environ)
+        topics = settings.kafka.topics
+        stop = asyncio.Event()
+        async with App(settings) as app, asyncio.TaskGroup() as group:
+            group.create_task(app.run(stop))
+            await wait_ready(app.health_url)
+            sim.delete_job(pid, min(sim.fleet.projects[pid].jobs))
+            await asyncio.sleep(3.0)  # the delete is confirmed
+            config = tmp_path / "bridge.toml"
+            config.write_text(
+                f'[auth]\nmode = "none"\n[projects]\nids = ["{pid}"]\n'
+                f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
+                f'[kafka.topics]\nsignals = "{topics.signals}"\n'
+            )
+            argv = [
+                "resnapshot",
+                "--project",
+                pid,
+                "--request-id",
+                "req-1",
+                "--config",
+                str(config),
+            ]
+            assert await asyncio.to_thread(main, argv) == 0
+            live = {j["job_id"] for j in sim.jobs(pid)}
+
+            async def answered() -> bool:
+                records = await read_records(kafka_bootstrap, topics.events)
+                snaps = [d for d in events_of(records) if d["kind"] == "snapshot"]
+                return len(snaps) >= len(live)
+
+            await eventually(answered, timeout_s=20, what="one snapshot per live job")
+            await send_request(settings.kafka, SnapshotRequest.new(pid, request_id="req-1"))
+            await asyncio.sleep(2.0)
+            stop.set()
+        records = await read_records(kafka_bootstrap, topics.events)
+    redact = Redactor(RedactionSettings(hash_key=HASH_KEY)).redact
+    snaps = [d for d in events_of(records) if d["kind"] == "snapshot"]
+    assert sorted(d["job_id"] for d in snaps) == sorted(live)  # once each, the deleted none
+    assert all(d["project_id"] == pid for d in snaps)
+    for snap in snaps:
+        assert snap["after"] == redact(detail(sim.fleet.get(pid, snap["job_id"])))
+    data = events_of(records)
+    for job_id in live:
+        sequences = [
+            d["sequence"] for d in data if d["job_id"] == job_id and d["project_id"] == pid
+        ]
+        assert sequences == list(range(1, len(sequences) + 1))
+    del other

@@ -537,3 +537,60 @@ async def test_watermarks_advance_with_complete_sweeps_and_stall_while_throttled
     assert {m["mode"] for m in marks} == {mode}
     assert marks[-1]["jobs"] == 3
     assert "watermark stalled" in caplog.text
+
+
+# --- re-snapshot (issue 11) -------------------------------------------------------------------
+
+
+def _snapshots(eng: Engine, pid: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in eng.events(pid) if e["data"]["kind"] == "snapshot"]
+
+
+@pytest.mark.parametrize("mode", ["list", "detail", "sweep"])
+async def test_resnapshot_answers_once_per_live_job_with_its_current_state(make_simulator, mode):
+    from bridge.redact import RedactionSettings, Redactor
+    from bridge.signals import SnapshotRequest
+
+    async with make_simulator(projects=2, jobs_per_project=4) as (sim, url):
+        pid, other = sim.project_ids
+        gone = min(sim.fleet.projects[pid].jobs)
+        async with engine(url, sim.project_ids, mode=mode, reconcile_interval_s=60.0) as eng:
+            await until(lambda: len(eng.events()) >= 8, "discovered")
+            sim.delete_job(pid, gone)
+            changed = max(sim.fleet.projects[pid].jobs)
+            sim.update_job(pid, changed, job_config={"cu_number": 64})  # light row: unchanged
+            await until(lambda: len(eng.of_job(pid, gone)) >= 2, "deleted")
+            assert eng.scheduler.request_snapshot(SnapshotRequest.new(pid, request_id="r-1"))
+            await until(lambda: len(_snapshots(eng, pid)) >= 3, "snapshots")
+            assert eng.scheduler.request_snapshot(SnapshotRequest.new(pid, request_id="r-1"))
+            shard = shard_of(pid, PARTITIONS)
+            await eng.scheduler.stop_shard(shard)  # a new owner restores the answered ids
+            eng.scheduler.start_shard(shard, generation=1)
+            assert eng.scheduler.request_snapshot(SnapshotRequest.new(pid, request_id="r-1"))
+            await asyncio.sleep(1.0)
+            snaps = _snapshots(eng, pid)
+            marks = [
+                r for r in eng.sink.records(eng.sink.topics.watermarks) if r.key == pid.encode()
+            ]
+            current = {j["job_id"]: j for j in sim.jobs(pid)}
+            events = eng.events()
+    redact = Redactor(RedactionSettings()).redact
+    assert sorted(s["job_id"] for s in snaps) == sorted(current)  # once each, the deleted none
+    for snap in snaps:
+        expected = redact(sim_detail(sim, pid, snap["job_id"], row=mode == "sweep"))
+        assert {k: v for k, v in snap["after"].items() if k != "duration"} == {
+            k: v for k, v in expected.items() if k != "duration"
+        }
+        job_events = [e["data"] for e in events if e["data"]["job_id"] == snap["job_id"]]
+        assert [d["sequence"] for d in job_events] == list(range(1, len(job_events) + 1))
+    assert not _snapshots(eng, other)
+    assert marks
+    assert len({e["id"] for e in events}) == len(events)
+
+
+def sim_detail(sim: Simulator, pid: str, job_id: int, *, row: bool) -> dict[str, Any]:
+    """The simulator's current view of a job: the detail, or the sweep row in sweep mode."""
+    from bridge.simulator.render import detail, detail_row
+
+    job = sim.fleet.get(pid, job_id)
+    return detail_row(job) if row else detail(job)

@@ -24,6 +24,7 @@ RELEASED = {
     "job-state/v1.json": "a7ad2b5e1556ffec960954f19edf437acc5454a0901db416fbdb78232d931cf9",
     "dead-letter/v1.json": "935c2e6ce46422de966718aca6b088b3df9ce526537d6ef812788520b1acdc3a",
     "watermark/v1.json": "d72d8979bf9312ef9c8b1e597f6c2e7ac4eea9c780f2477f023c9294d67c138c",
+    "job-state/v2.json": "7e565855f930b37a321e9b83eab7220b71fbc1665d828c84b4611048fa5787df",
 }
 
 
@@ -267,3 +268,21 @@ def test_job_event_v1_already_accepts_snapshot_events():
     doc = orjson.loads((ROOT / "job-event/v1.json").read_bytes())
     assert record.value is not None
     Draft202012Validator(doc).validate(orjson.loads(record.value))
+
+
+def test_job_state_v2_accepts_every_v1_record_and_v1_readers_accept_v2():
+    v1 = orjson.loads((ROOT / "job-state/v1.json").read_bytes())
+    v2 = orjson.loads((ROOT / "job-state/v2.json").read_bytes())
+    assert schemas.is_backward_compatible(v1, v2) == []
+    from datetime import UTC, datetime
+
+    from bridge.events import parse_state, state_record
+
+    record = state_record(
+        project_id="p", job_id=1, sequence=2, snapshot=b"{}", fingerprint=b"\x01" * 16,
+        row_fingerprint=None, observed_at=datetime(2026, 1, 2, tzinfo=UTC), answered=("r-1",),
+    )  # fmt: skip
+    assert record.value is not None
+    for doc in (v1, v2):
+        Draft202012Validator(doc).validate(orjson.loads(record.value))
+    assert parse_state(record.value).answered == ("r-1",)
