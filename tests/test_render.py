@@ -81,3 +81,19 @@ def test_never_started_job_has_zero_start_in_light_rows_and_null_elsewhere(fleet
     assert (light_row(job, NOW_MS)["start_time"], light_row(job, NOW_MS)["duration"]) == (0, 0)
     assert detail_row(job)["start_time"] is None
     assert detail(job)["start_time"] is None
+
+
+def test_jobs_with_secrets_carry_every_listed_credential(fleet):
+    import orjson
+
+    from bridge.simulator.render import SECRETS, has_secrets, jdbc_password
+
+    bodies = b"".join(orjson.dumps(detail(job)) for job in fleet._all if has_secrets(job))
+    assert all(s.encode() in bodies for s in SECRETS)
+    sql_job = next(j for j in fleet._all if has_secrets(j) and j.job_type != "flink_jar_job")
+    before = detail(sql_job)["sql_body"]
+    fleet.update(sql_job.project.id, sql_job.job_id, NOW_MS, secret_rev=1)
+    after = detail(sql_job)["sql_body"]
+    assert jdbc_password(1) in after
+    assert jdbc_password(1) not in before
+    assert before.replace(jdbc_password(0), jdbc_password(1)) == after
