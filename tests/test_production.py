@@ -4,6 +4,7 @@ re-snapshot (issue 11)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,3 +259,56 @@ async def test_resnapshot_answers_once_with_each_live_jobs_current_state(
         ]
         assert sequences == list(range(1, len(sequences) + 1))
     del other
+
+
+async def test_filters_publish_exactly_the_filtered_truth_and_excluded_jobs_cost_nothing(
+    make_simulator, kafka_bootstrap, request
+):
+    from tests.test_app import DELETE_AFTER_MISSES, INTERVAL_S, RECONCILE_S, compare
+
+    name = unique_name(request, "filters")
+    async with make_simulator(projects=3, jobs_per_project=8, seed=11) as (sim, url):
+        shut = sim.project_ids[2]  # a per-project rule lets nothing of this one through
+        environ = environ_for(kafka_bootstrap, url, sim.project_ids, name)
+        environ["BRIDGE_FILTERS__JOB_TYPES"] = '["flink_jar_job", "flink_sql_job"]'
+        environ["BRIDGE_FILTERS__PROJECTS"] = orjson.dumps({shut: {"job_types": ["none"]}}).decode()
+        settings = Settings.from_env(environ)
+        stop = asyncio.Event()
+        async with App(settings) as app, asyncio.TaskGroup() as group:
+            group.create_task(app.run(stop))
+            await wait_ready(app.health_url)
+            started_ms = int(time.time() * 1000)
+            await drive(sim, seconds=5.0, per_s=8.0)
+            await asyncio.sleep(INTERVAL_S * (DELETE_AFTER_MISSES + 3) + RECONCILE_S)
+            stop.set()
+        records = await read_records(kafka_bootstrap, settings.kafka.topics.events)
+        types = {
+            (p, j.job_id): j.job_type
+            for p in sim.project_ids
+            for j in sim.fleet.projects[p].jobs.values()
+        }
+        details_shut = sum(n for (r, p), n in sim.requests.items() if r == "detail" and p == shut)
+        lists_shut = sum(n for (r, p), n in sim.requests.items() if r == "list" and p == shut)
+    wanted = {"flink_jar_job", "flink_sql_job"}
+    data = events_of(records)
+    for d in data:
+        doc = d["after"] or d["before"]
+        assert doc["job_type"] in wanted, d
+        assert d["project_id"] != shut
+    assert details_shut == 0
+    assert lists_shut >= 3
+    inside = [
+        c for c in sim.changes()
+        if c.project_id != shut and types.get((c.project_id, c.job_id)) in wanted
+    ]  # fmt: skip
+    events = [orjson.loads(r.value) for r in records if r.value is not None]
+    slack_ms = 2 * INTERVAL_S * 1000 + 300
+    window = {"created": slack_ms, "status_changed": slack_ms, "deleted": slack_ms,
+              "updated": slack_ms + RECONCILE_S * 1000}  # fmt: skip
+    verdict = compare(events, inside, started_ms=started_ms, window_ms=window)
+    assert not verdict.problems, "\n".join(verdict.problems)
+    assert verdict.checked >= 5, verdict
+    seen_jobs = {(d["project_id"], d["job_id"]) for d in data}
+    assert seen_jobs <= {k for k, t in types.items() if t in wanted} | {
+        (c.project_id, c.job_id) for c in sim.changes() if c.kind == "deleted"
+    }
