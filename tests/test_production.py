@@ -312,3 +312,47 @@ async def test_filters_publish_exactly_the_filtered_truth_and_excluded_jobs_cost
     assert seen_jobs <= {k for k, t in types.items() if t in wanted} | {
         (c.project_id, c.job_id) for c in sim.changes() if c.kind == "deleted"
     }
+
+
+async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
+    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port
+):
+    import signal
+
+    from tests.test_run_process import INTERVAL_S, bridge_process, write_config
+    from tests.test_run_process import wait_ready as wait_process_ready
+
+    name = unique_name(request, "wmkill")
+    port, log = unused_tcp_port, tmp_path / "bridge.log"
+    async with make_simulator(projects=3, jobs_per_project=5, seed=13) as (sim, url):
+        config = write_config(
+            tmp_path / "bridge.toml",
+            bootstrap=kafka_bootstrap,
+            base_url=url,
+            projects=sim.project_ids,
+            name=name,
+            port=port,
+        )
+        text = config.read_text().replace(
+            f'dlq = "{name}.dlq"\n',
+            f'dlq = "{name}.dlq"\nwatermarks = "{name}.watermarks"\nsignals = "{name}.signals"\n',
+        )
+        config.write_text(text)
+        async with bridge_process(config, log) as first:
+            await wait_process_ready(port, first)
+            await drive(sim, seconds=3.0, per_s=4.0)
+            first.send_signal(signal.SIGKILL)
+            assert await first.wait() == -signal.SIGKILL
+        async with bridge_process(config, log) as second:
+            await wait_process_ready(port, second)
+            await drive(sim, seconds=3.0, per_s=4.0)
+            await asyncio.sleep(INTERVAL_S * 4)
+            second.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                assert await second.wait() == 0
+        marks = await read_records(kafka_bootstrap, f"{name}.watermarks")
+        events = await read_records(kafka_bootstrap, f"{name}.events")
+    checked, problems = watermark_problems(marks, events, sim.changes(), INTERVAL_S * 1000)
+    assert not problems, "\n".join(problems[:10])
+    assert checked > 50
+    assert "Traceback" not in log.read_text()
