@@ -313,6 +313,23 @@ class Membership:
         if generation == self._generation:
             self._restored = True
             log.info("group %s generation %d: shards ready", self.group_id, generation)
+            await self._keep_group(shards)
+
+    async def _keep_group(self, shards: frozenset[int]) -> None:
+        """Commit an offset for our shards, so Kafka keeps the group while all are down.
+
+        A group with no committed offsets is deleted as soon as its last member leaves, and
+        its generation count starts again at 1 (state records carry the generation). With
+        offsets it lives on for the broker's offsets retention (7 days by default). The
+        offsets themselves are never read: restores always start at the beginning.
+        """
+        offsets = {TopicPartition(self.state_topic, shard): 0 for shard in shards}
+        try:
+            async with asyncio.timeout(self._rebalance_timeout_s):
+                await self._consumer.commit(offsets)
+        except (kafka_errors.KafkaError, TimeoutError) as exc:
+            # a rebalance under way: the next assignment commits
+            log.debug("group %s: offset commit skipped (%r)", self.group_id, exc)
 
     async def _revoke(self) -> None:
         """Stop a running ``on_assigned``, then hand back every owned shard."""

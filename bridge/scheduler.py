@@ -558,7 +558,7 @@ class Scheduler:
                 piece,
                 [record for _, record in dead],
                 options=self.config.event_options,
-                generation=runner.generation,
+                generation=runner.stamp,
             )
             if through is not None and index == len(pieces) - 1:
                 records = dataclasses.replace(records, watermarks=[self._mark(cycle, through)])

@@ -45,6 +45,7 @@ class Held:
 
     projects: dict[str, ProjectState]
     state_end: int
+    stamp: int = 0
 
 
 async def wait_stop(stop: asyncio.Event, deadline: float) -> bool:
@@ -82,8 +83,13 @@ class ShardRunner:
         self.project_ids = tuple(project_ids)
         self.projects = {p: ProjectState(p) for p in self.project_ids}
         self._held_end: int | None = None
+        # The generation stamped on our state records: the group generation, unless the
+        # partition already holds a newer stamp (see _stamp_after_open).
+        self.stamp = generation
+        self._held_stamp = 0
         if held is not None and set(held.projects) == set(self.project_ids):
             self.projects, self._held_end = held.projects, held.state_end
+            self._held_stamp = held.stamp
         self.status: ShardStatus = "restoring"
         self.epoch = 0
         self.lock = asyncio.Lock()
@@ -115,7 +121,7 @@ class ShardRunner:
         writer = self._writer_at_close
         if writer is None or writer.state_end is None:
             return None
-        return Held(self.projects, writer.state_end)
+        return Held(self.projects, writer.state_end, self.stamp)
 
     async def ensure_open(self) -> bool:
         """Wait until the shard is open and restored; False when told to stop first."""
@@ -148,6 +154,7 @@ class ShardRunner:
             log.warning("shard %d: open failed (%r), retry %d", self.shard, exc, self._failures)
             return False
         ignored, kept = 0, restored is None
+        self.stamp = self._stamp_after_open(max(writer.newest_generation, self._held_stamp))
         if restored is not None:
             self.projects, ignored = restore(self.projects, restored)
         self._writer, self._failures, self.status = writer, 0, "ready"
@@ -165,6 +172,28 @@ class ShardRunner:
             f" ({ignored} records of projects not watched here ignored)" if ignored else "",
         )
         return True
+
+    def _stamp_after_open(self, newest: int) -> int:
+        """The stamp for our state records, given the newest one already in the partition.
+
+        Normally our group generation is the newest. A newer stamp while the group says the
+        shard is ours (checked right after the producer fenced everyone else) means the
+        group's generation count started again: Kafka deleted the group after every member
+        had been gone longer than its offsets retention. Stamping on from the partition's
+        newest keeps restore from ignoring everything we write from now on. A stale owner
+        cannot get here: fencing and the ownership check before every write stop it.
+        """
+        if newest <= self.generation:
+            return self.generation
+        log.warning(
+            "shard %d: the state partition holds generation %d, newer than the group's %d "
+            "(the consumer group was recreated); stamping state records %d from now on",
+            self.shard,
+            newest,
+            self.generation,
+            newest + 1,
+        )
+        return newest + 1
 
     async def write(self, epoch: int, batch: Batch) -> bool:
         """Write ``batch`` if the shard is still the one the cycle started on."""

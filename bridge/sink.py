@@ -110,11 +110,13 @@ class ShardWriter(Protocol):
 
     ``state_end`` is the state partition's last stable offset right after this writer's
     last write (or the restore): a later owner of the same shard that finds it unchanged
-    can keep the state it holds instead of restoring.
+    can keep the state it holds instead of restoring. ``newest_generation`` is the highest
+    generation stamp the restore saw (0 when the state was kept or the partition is empty).
     """
 
     shard: int
     state_end: int | None
+    newest_generation: int
 
     async def write(self, batch: Batch) -> None: ...
 
@@ -272,6 +274,7 @@ class KafkaSink:
             await self.close_shard(shard)
             raise
         writer.state_end = self.last_restore[shard].end_offset
+        writer.newest_generation = self.last_restore[shard].generation
         return writer, state
 
     async def close_shard(self, shard: int) -> None:
@@ -395,6 +398,7 @@ class _Writer:
         self._deadline_s = sink._kafka.commit_timeout_s
         self.broken: SinkError | None = None
         self.state_end: int | None = None
+        self.newest_generation = 0
 
     async def write(self, batch: Batch) -> None:
         if self.broken is not None:
@@ -721,6 +725,7 @@ class MemorySink:
         self.last_restore[shard] = stats
         if self._on_restore is not None:
             self._on_restore(stats)
+        writer.newest_generation = fold.generation
         return writer, _parse_states(fold.values, shard)
 
     async def close_shard(self, shard: int) -> None:
@@ -743,6 +748,7 @@ class _MemoryWriter:
         self._sink = sink
         self._epoch = epoch
         self.state_end: int | None = len(sink.log[sink.topics.state][shard])
+        self.newest_generation = 0
 
     async def write(self, batch: Batch) -> None:
         await self._sink._write(self.shard, self._epoch, batch)

@@ -122,6 +122,31 @@ async def test_single_member_owns_every_shard(kafka_bootstrap, group_name, state
     assert not a.is_current(0, 1)
 
 
+async def test_group_outlives_its_members_so_generations_keep_counting(
+    kafka_bootstrap, group_name, state_topic
+):
+    """Members commit an offset once ready: without one, Kafka deletes the group when the
+    last member leaves and the next generation is 1 again (state records carry it)."""
+    timeline = Timeline()
+    async with member(kafka_bootstrap, group_name, state_topic, timeline.callbacks("a")) as a:
+        await eventually(lambda: owns(a, ALL), what="one member owns all 12 shards")
+        first = a.generation
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+
+            async def committed() -> bool:
+                offsets = await admin.list_consumer_group_offsets(group_name)
+                return {tp.partition for tp in offsets} == set(ALL)
+
+            await eventually(committed, what="an offset committed for every shard")
+        finally:
+            await admin.close()
+    async with member(kafka_bootstrap, group_name, state_topic, timeline.callbacks("b")) as b:
+        await eventually(lambda: owns(b, ALL), what="the next member owns all 12 shards")
+        assert b.generation > first
+
+
 async def test_second_member_splits_shards_without_overlap(
     kafka_bootstrap, group_name, state_topic
 ):
