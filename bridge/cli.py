@@ -202,7 +202,7 @@ def _add_check_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from bridge.settings import Settings
 
-    print(Settings.from_env(toml_path=args.file).masked_json())
+    _print_line(Settings.from_env(toml_path=args.file).masked_json())
     return 0
 
 

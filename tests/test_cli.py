@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,3 +245,24 @@ def test_check_config_missing_file_exits_2(tmp_path, capsys, no_bridge_env):
     code, _, err = run_cli(["check-config", str(tmp_path / "absent.toml")], capsys)
     assert code == 2
     assert "absent.toml: not found" in err
+
+
+def test_check_config_into_a_closed_pipe_exits_quietly(tmp_path, no_bridge_env):
+    """`dli-bridge check-config FILE | head`: the reader leaves early, no traceback."""
+    path = tmp_path / "bridge.toml"
+    path.write_text(GOOD_CONFIG)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "check-config", str(path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0
+    assert b"Traceback" not in done.stderr
+    assert done.stderr == b""
