@@ -24,19 +24,16 @@ log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def serve_until_signalled(
-    resource: contextlib.AbstractAsyncContextManager[T], announce: Callable[[T], None]
-) -> None:
-    """Enter ``resource``, ``announce`` what it yields, and hold it until SIGINT or SIGTERM.
+async def run_until_signalled(work: Awaitable[None]) -> None:
+    """Await ``work`` until it ends or SIGINT/SIGTERM cancels it; a signal ends it quietly.
 
-    A signal cancels whatever is under way, start-up included, and the resource is left
-    through its own ``__aexit__``; a second signal cancels that exit too (LocalKafka then
-    kills the JVM at once). Only a signal ends this quietly: other cancellations propagate.
+    A second signal cancels the clean-up too. Other cancellations propagate. Every
+    command that runs until Ctrl-C goes through here.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is None:
-        raise RuntimeError("serve_until_signalled() must run inside an asyncio task")
+        raise RuntimeError("run_until_signalled() must run inside an asyncio task")
     received: list[signal.Signals] = []
 
     def on_signal(sig: signal.Signals) -> None:
@@ -46,9 +43,7 @@ async def serve_until_signalled(
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        async with resource as value:
-            announce(value)
-            await loop.create_future()  # forever: only a signal ends it
+        await work
     except asyncio.CancelledError:
         if not received:
             raise
@@ -57,6 +52,24 @@ async def serve_until_signalled(
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+async def serve_until_signalled(
+    resource: contextlib.AbstractAsyncContextManager[T], announce: Callable[[T], None]
+) -> None:
+    """Enter ``resource``, ``announce`` what it yields, and hold it until SIGINT or SIGTERM.
+
+    A signal cancels whatever is under way, start-up included, and the resource is left
+    through its own ``__aexit__``; a second signal cancels that exit too (LocalKafka then
+    kills the JVM at once). Only a signal ends this quietly: other cancellations propagate.
+    """
+
+    async def hold() -> None:
+        async with resource as value:
+            announce(value)
+            await asyncio.get_running_loop().create_future()  # forever: only a signal ends it
+
+    await run_until_signalled(hold())
 
 
 # --- local-kafka (owner: localkafka) -------------------------------------------------------
@@ -352,35 +365,6 @@ async def _run_simulator(args: argparse.Namespace) -> None:
 
 
 # --- tail and demo (owner: tail/demo) -------------------------------------------------------
-
-
-async def run_until_signalled(work: Awaitable[None]) -> None:
-    """Await ``work`` until it ends or SIGINT/SIGTERM cancels it; a signal ends it quietly.
-
-    A second signal cancels the clean-up too. Other cancellations propagate.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    if task is None:
-        raise RuntimeError("run_until_signalled() must run inside an asyncio task")
-    received: list[signal.Signals] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig)
-        task.cancel()
-
-    for sig in _STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        task.uncancel()
-        log.info("stopped on %s", received[0].name)
-    finally:
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
 
 
 def _print_line(line: str) -> bool:
