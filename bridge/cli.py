@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def run_until_signalled(work: Awaitable[None]) -> None:
-    """Await ``work`` until it ends or SIGINT/SIGTERM cancels it; a signal ends it quietly.
+async def run_until_signalled(work: Awaitable[None], *, quiet: bool = False) -> None:
+    """Await ``work`` until it ends or SIGINT/SIGTERM cancels it; a signal ends it cleanly.
 
     A second signal cancels the clean-up too. Other cancellations propagate. Every
-    command that runs until Ctrl-C goes through here.
+    command that runs until Ctrl-C goes through here. Services log the signal that stopped
+    them; ``quiet`` commands (tail, demo: their output is the screen) log it at DEBUG only.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -48,7 +49,7 @@ async def run_until_signalled(work: Awaitable[None]) -> None:
         if not received:
             raise
         task.uncancel()
-        log.info("stopped on %s", received[0].name)
+        log.log(logging.DEBUG if quiet else logging.INFO, "stopped on %s", received[0].name)
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
@@ -472,7 +473,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                 if not _print_line(out):
                     return
 
-    asyncio.run(run_until_signalled(follow()))
+    asyncio.run(run_until_signalled(follow(), quiet=True))
     return 0
 
 
@@ -543,7 +544,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose and root.level == logging.INFO:
         # the demo's screen is the event stream: INFO lines would bury it
         root.setLevel(logging.WARNING)
-    asyncio.run(run_until_signalled(demo.run(config, _print_line, color=color)))
+    asyncio.run(run_until_signalled(demo.run(config, _print_line, color=color), quiet=True))
     return 0
 
 

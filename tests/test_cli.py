@@ -266,3 +266,45 @@ def test_check_config_into_a_closed_pipe_exits_quietly(tmp_path, no_bridge_env):
     assert done.returncode == 0
     assert b"Traceback" not in done.stderr
     assert done.stderr == b""
+
+
+# --- stopping: tail and demo stop quietly, long-running services say so --------------------
+
+
+class ForeverReader:
+    """Stands in for tail.EventReader: signals the process once entered, then waits."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    async def __aenter__(self) -> "ForeverReader":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    def __aiter__(self) -> "ForeverReader":
+        return self
+
+    async def __anext__(self) -> dict[str, object]:
+        await asyncio.get_running_loop().create_future()
+        raise StopAsyncIteration
+
+
+def test_tail_stops_on_sigterm_without_a_log_line(capsys, monkeypatch, no_bridge_env):
+    from bridge import tail
+
+    monkeypatch.setattr(tail, "EventReader", ForeverReader)
+    code, out, err = run_cli(["tail", "--bootstrap-servers", "127.0.0.1:1"], capsys)
+    assert code == 0
+    assert (out, err) == ("", "")
+
+
+async def test_services_still_log_the_signal_that_stopped_them(caplog):
+    resource = Resource()
+    with caplog.at_level("INFO", logger="bridge.cli"):
+        await cli.serve_until_signalled(
+            resource.open(), lambda _: os.kill(os.getpid(), signal.SIGTERM)
+        )
+    assert [r.getMessage() for r in caplog.records] == ["stopped on SIGTERM"]
