@@ -29,7 +29,7 @@ from bridge.signals import SignalReader
 from bridge.sink import KafkaSink, Sink, client_options
 from bridge.state import RestoreStats
 
-__all__ = ["App", "run"]
+__all__ = ["App", "first_error", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +149,18 @@ class App:
         """
         scheduler = self.scheduler
         static = range(self._partitions) if self._membership is None else ()
-        async with asyncio.TaskGroup() as group:
-            polling = group.create_task(scheduler.run(static), name="scheduler")
-            await asyncio.sleep(0)  # the scheduler's task group is open: shards can start
-            async with AsyncExitStack() as member:
-                if self._membership is not None:
-                    await member.enter_async_context(self._membership)
-                await self._drain_on(stop, polling)
+        try:
+            async with asyncio.TaskGroup() as group:
+                polling = group.create_task(scheduler.run(static), name="scheduler")
+                await asyncio.sleep(0)  # the scheduler's task group is open: shards can start
+                async with AsyncExitStack() as member:
+                    if self._membership is not None:
+                        await member.enter_async_context(self._membership)
+                    await self._drain_on(stop, polling)
+        except BaseExceptionGroup as failed:
+            # the user reads one error (a group that cannot be joined, a broker that is
+            # gone), not a task group's traceback of it
+            raise first_error(failed) from None
 
     async def _drain_on(self, stop: asyncio.Event, polling: asyncio.Task[None]) -> None:
         await stop.wait()
@@ -254,6 +259,12 @@ class App:
             states = sorted({shards[s] for s in waiting})
             return Readiness(False, f"shards {waiting} not ready ({', '.join(states)})", shards)
         return Readiness(True, "", shards)
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of a task group's failure: what the user needs to read."""
+    first = group.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _discover(client: DliClient) -> list[str]:

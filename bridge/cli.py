@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from bridge import __version__, logs
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, LocalKafkaError
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -22,6 +22,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+EXIT_UNAVAILABLE = 1  # Kafka, DLI or the group could not be used: try again later
+EXIT_CONFIG = 2  # the configuration (or the command line) is wrong: fix it first
 
 
 async def run_until_signalled(work: Awaitable[None], *, quiet: bool = False) -> None:
@@ -144,6 +147,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "project and publish each job change to Kafka until SIGINT or SIGTERM; on a signal "
         "in-flight cycles get polling.drain_s to commit, then it exits 0. An invalid "
         "configuration lists every problem and exits 2.",
+        epilog="exit status: 0 stopped by SIGINT/SIGTERM after the drain; 1 unavailable: "
+        "Kafka, DLI or the consumer group could not be used (one line names what and why; "
+        "start again once it is back); 2 invalid configuration (fix it first).",
     )
     p.add_argument("--config", metavar="FILE", required=True, help="the TOML configuration file")
     p.add_argument(
@@ -696,4 +702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BridgeError as exc:
         print(f"dli-bridge {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+
+
+def exit_code(exc: BridgeError) -> int:
+    """2: fix the configuration or the set-up first; 1: something needed is unavailable or
+    failed (Kafka, DLI, the consumer group), starting again later may work."""
+    return EXIT_CONFIG if isinstance(exc, ConfigError | LocalKafkaError) else EXIT_UNAVAILABLE

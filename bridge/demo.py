@@ -19,7 +19,7 @@ from typing import Final, Literal
 import orjson
 
 from bridge import tail
-from bridge.app import App
+from bridge.app import App, first_error
 from bridge.kafkajars import default_kafka_version
 from bridge.localkafka import LocalKafka
 from bridge.settings import Settings
@@ -203,7 +203,7 @@ async def run(config: DemoConfig, out: Callable[[str], bool], *, color: bool = F
                 group.create_task(app.run(stop), name="bridge")
                 group.create_task(_show(where, began_ms, out, color, stop), name="tail")
     except BaseExceptionGroup as failed:
-        raise _first(failed) from None
+        raise first_error(failed) from None
 
 
 async def _show(
@@ -216,9 +216,3 @@ async def _show(
                     return
     finally:
         stop.set()
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of a task group's failure: what the user needs to read."""
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first

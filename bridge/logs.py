@@ -35,6 +35,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _BootstrapNoise(logging.Filter):
+    """Drops aiokafka's bootstrap ``Unable connect to "HOST:PORT"`` line: a client that
+    cannot bootstrap raises, and the bridge reports that once, naming the servers and the
+    cause. Lost connections to a known node (``... to node with id``) still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (record.name == "aiokafka" and msg.startswith('Unable connect to "'))
+
+
 def configure(level: str = "INFO", fmt: LogFormat = "auto", *, is_tty: bool = False) -> None:
     """Install the root handler on stderr; ``auto`` means plain on a terminal, JSON otherwise."""
     if level.upper() not in LEVELS:
@@ -50,11 +60,13 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto", *, is_tty: bool = Fa
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"default": formatter},
+            "filters": {"bootstrap_noise": {"()": _BootstrapNoise}},
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
                     "formatter": "default",
                     "stream": "ext://sys.stderr",
+                    "filters": ["bootstrap_noise"],
                 }
             },
             "root": {"level": level.upper(), "handlers": ["stderr"]},

@@ -327,3 +327,19 @@ async def wait_status(url: str, status: int) -> None:
                 return response.status == status
 
         await eventually(answers, timeout_s=20, what=f"/readyz {status}")
+
+
+async def test_a_failure_while_running_is_raised_bare_not_as_a_task_group(monkeypatch):
+    """`dli-bridge run` prints one line for a BridgeError; a task group would hide it."""
+    from bridge.errors import SinkUnavailable
+    from bridge.sink import MemorySink
+
+    environ = bridge_environ("127.0.0.1:1", "http://127.0.0.1:1", ["p-1"], "bare")
+    async with App(Settings.from_env(environ), sink=MemorySink(partitions=PARTITIONS)) as app:
+
+        async def broken(shards: object) -> None:
+            raise SinkUnavailable("Kafka at 127.0.0.1:1 went away")
+
+        monkeypatch.setattr(app.scheduler, "run", broken)
+        with pytest.raises(SinkUnavailable, match="went away"):
+            await app.run(asyncio.Event())

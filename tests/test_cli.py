@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from bridge import __version__, cli
+from bridge.errors import ConfigError
 
 
 def test_version_prints_and_exits_zero(capsys):
@@ -308,3 +309,39 @@ async def test_services_still_log_the_signal_that_stopped_them(caplog):
             resource.open(), lambda _: os.kill(os.getpid(), signal.SIGTERM)
         )
     assert [r.getMessage() for r in caplog.records] == ["stopped on SIGTERM"]
+
+
+# --- run: exit status by what went wrong -------------------------------------------------------
+
+
+def test_run_with_an_unreachable_broker_exits_1_in_one_line(tmp_path, capsys, no_bridge_env):
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        '[api]\nendpoint = "http://127.0.0.1:1"\n[auth]\nmode = "none"\n'
+        '[projects]\nids = ["p-1"]\n[kafka]\nbootstrap_servers = "127.0.0.1:1"\n'
+        '[http]\nbind = "127.0.0.1:0"\n'
+    )
+    code, _, err = run_cli(["--log-level", "WARNING", "run", "--config", str(path)], capsys)
+    assert code == cli.EXIT_UNAVAILABLE == 1
+    assert "Traceback" not in err
+    assert "ExceptionGroup" not in err
+    [line] = err.splitlines()
+    assert line.startswith("dli-bridge run: ")
+    assert "127.0.0.1:1" in line
+
+
+def test_run_help_documents_the_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 " in out
+    assert "1 unavailable" in out
+    assert "2 invalid configuration" in out
+
+
+def test_config_errors_exit_2_and_unavailability_1():
+    from bridge.errors import MembershipError, SinkUnavailable
+
+    assert cli.exit_code(ConfigError("bad")) == 2
+    assert cli.exit_code(SinkUnavailable("gone")) == 1
+    assert cli.exit_code(MembershipError("refused")) == 1

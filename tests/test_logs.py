@@ -69,3 +69,16 @@ def test_configure_refuses_an_unknown_level_naming_the_choices(level):
 def test_configure_accepts_every_level_in_any_case():
     for level in (*logs.LEVELS, "debug", "Warning"):
         logs.configure(level, "plain")
+
+
+def test_aiokafka_bootstrap_failure_is_left_to_the_error_the_bridge_raises(monkeypatch):
+    """The bridge's own error names the servers and the cause; aiokafka's line would repeat it."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure("INFO", "plain")
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.error('Unable connect to "%s:%s": %s', "127.0.0.1", 1, "refused")
+    aiokafka.error("Unable connect to node with id %s: %s", 1, "refused")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "node with id 1" in lines[0]
