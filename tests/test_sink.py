@@ -367,3 +367,11 @@ async def test_at_least_once_writes_events_then_state(kafka_bootstrap, request):
         _, restored = await sink.open_shard(1)
     assert tags(restored) == {key(7): "s"}
     assert await read_topic(kafka_bootstrap, settings.topics.events) == [(b"k", b"e")]
+
+
+def test_topic_admin_moved_to_topics_and_stays_importable_from_sink():
+    from bridge import sink, topics
+
+    for name in ("Topics", "TopicAdmin", "map_kafka_error"):
+        assert getattr(sink, name) is getattr(topics, name)
+        assert name in sink.__all__
