@@ -2,7 +2,10 @@
 
 With the Kafka sink every instance joins one consumer group on the state topic and polls the
 shards Kafka assigns it (DESIGN.md, "Guarantees and scale-out"); an injected sink (tests,
-MemorySink) owns every shard.
+MemorySink) owns every shard. With ``[projects] discover = true`` the project list is read
+again every ``polling.reconcile_interval_s``: an owned shard whose projects changed restarts
+on the new list (a project that disappeared is no longer polled; its jobs get no delete
+events, their state stays in the state topic for a project that comes back).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from typing import Self
 
 from bridge.auth import auth_from_settings
 from bridge.client import DliClient, new_session
+from bridge.errors import ApiError
 from bridge.health import HealthServer, Readiness
 from bridge.membership import Membership
 from bridge.metrics import Metrics
 from bridge.scheduler import PollConfig, Scheduler
 from bridge.settings import Settings
-from bridge.shard import Held, ShardStatus
+from bridge.shard import Held, ShardStatus, wait_stop
 from bridge.signals import SignalReader
 from bridge.sink import KafkaSink, Sink, client_options
 from bridge.state import RestoreStats
@@ -60,6 +64,8 @@ class App:
         self._sink = sink
         self._partitions = partitions or settings.kafka.partitions
         self._projects = list(projects) if projects is not None else None
+        self._rediscover = projects is None and settings.projects.discover
+        self._client: DliClient | None = None
         self._stack = AsyncExitStack()
         self._scheduler: Scheduler | None = None
         self._stopping = False
@@ -100,6 +106,7 @@ class App:
         session = await stack.enter_async_context(new_session())
         auth = auth_from_settings(settings.auth, settings.api, session)
         client = await stack.enter_async_context(DliClient(settings.api, auth, session=session))
+        self._client = client
         sink = self._sink
         if sink is None:
             kafka = KafkaSink(settings.kafka, on_restore=self._restored)
@@ -109,6 +116,7 @@ class App:
         projects = self._projects
         if projects is None:
             projects = settings.projects.ids or await _discover(client)
+            self._projects = projects
         config = PollConfig.from_settings(settings, partitions=self._partitions)
         self._scheduler = Scheduler(client, sink, config, self.metrics, projects)
         if self._sink is None:  # re-snapshot requests (dli-bridge resnapshot), issue 11
@@ -152,11 +160,16 @@ class App:
         try:
             async with asyncio.TaskGroup() as group:
                 polling = group.create_task(scheduler.run(static), name="scheduler")
+                discovery = None
+                if self._rediscover:
+                    discovery = group.create_task(self._discover_loop(stop), name="discovery")
                 await asyncio.sleep(0)  # the scheduler's task group is open: shards can start
                 async with AsyncExitStack() as member:
                     if self._membership is not None:
                         await member.enter_async_context(self._membership)
                     await self._drain_on(stop, polling)
+                if discovery is not None:
+                    discovery.cancel()
         except BaseExceptionGroup as failed:
             # the user reads one error (a group that cannot be joined, a broker that is
             # gone), not a task group's traceback of it
@@ -172,6 +185,54 @@ class App:
         if not done:
             log.warning("drain deadline passed: cancelling the cycles still running")
             polling.cancel()
+
+    # --- discovery ----------------------------------------------------------------------
+
+    async def _discover_loop(self, stop: asyncio.Event) -> None:
+        """List the projects again every ``polling.reconcile_interval_s`` until ``stop``."""
+        loop = asyncio.get_running_loop()
+        every = self.settings.polling.reconcile_interval_s
+        while await wait_stop(stop, loop.time() + every):
+            assert self._client is not None
+            try:
+                projects = await _discover(self._client)
+            except ApiError as exc:
+                log.warning("project discovery failed, polling the known projects: %r", exc)
+                continue
+            await self.watch(projects)
+
+    async def watch(self, projects: Sequence[str]) -> None:
+        """Poll ``projects`` from now on: owned shards whose projects changed restart."""
+        before, after = set(self._projects or ()), set(projects)
+        if before == after:
+            return
+        log.info(
+            "projects changed: new %s, gone %s (no longer polled; no delete events)",
+            sorted(after - before),
+            sorted(before - after),
+        )
+        self._projects = sorted(after)
+        scheduler = self.scheduler
+        for shard in sorted(scheduler.set_projects(after)):
+            if scheduler.running:
+                await self._restart(shard)
+
+    async def _restart(self, shard: int) -> None:
+        """Stop ``shard`` (its cycles finish) and start it on its new projects, if still ours."""
+        scheduler, membership = self.scheduler, self._membership
+        runner = await scheduler.stop_shard(shard)
+        if runner is None or not scheduler.running:
+            return  # not ours: its owner's own discovery picks the change up
+        if membership is None:
+            scheduler.start_shard(shard, held=runner.held())
+        elif membership.is_current(shard, runner.generation):
+            scheduler.start_shard(
+                shard,
+                runner.generation,
+                still_ours=functools.partial(membership.is_current, shard, runner.generation),
+                on_fenced=self._on_fenced,
+                held=runner.held(),
+            )
 
     # --- the group's assignment ---------------------------------------------------------
 
@@ -269,7 +330,7 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def _discover(client: DliClient) -> list[str]:
     projects = sorted(p.model.id for p in await client.list_projects())
-    log.info("discovered %d projects", len(projects))
+    log.debug("discovered %d projects", len(projects))
     return projects
 
 

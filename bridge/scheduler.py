@@ -291,6 +291,21 @@ class Scheduler:
         await runner.closed.wait()
         return runner
 
+    def set_projects(self, projects: Iterable[str]) -> set[int]:
+        """Watch ``projects`` from now on; returns the shards whose projects changed.
+
+        A running shard keeps polling its old projects until it is stopped and started
+        again (``App`` does that); a shard started later gets the new list.
+        """
+        watched = frozenset(projects)
+        by_shard: dict[int, list[str]] = {}
+        for pid in sorted(watched):
+            by_shard.setdefault(shard_of(pid, self.config.partitions), []).append(pid)
+        old = {shard: sorted(pids) for shard, pids in self._by_shard.items()}
+        changed = {s for s in old.keys() | by_shard.keys() if old.get(s) != by_shard.get(s)}
+        self._by_shard, self._watched = by_shard, watched
+        return changed
+
     def shard_status(self) -> dict[int, ShardStatus]:
         return {shard: runner.status for shard, runner in self._runners.items()}
 

@@ -194,6 +194,20 @@ class Fleet:
         self._apply_fields(job, fields)
         return job
 
+    def add_project(self, jobs: int, now_ms: int) -> str:
+        """Seed one more project, as if created in the account now; returns its id."""
+        before = set(self.projects)
+        self._seed_project(len(before), jobs, now_ms)
+        return next(pid for pid in self.projects if pid not in before)
+
+    def remove_project(self, project_id: str) -> None:
+        """Drop a project and its jobs, as if deleted from the account: DLI shows no job
+        deletes for it (its list answers SIM.0404), so none is logged."""
+        project = self.projects.pop(self.project(project_id).id)
+        self._all = [job for job in self._all if job.project is not project]
+        for slot, job in enumerate(self._all):
+            job.slot = slot
+
     # --- mutations (each records its TruthEntry) -----------------------------------------------
 
     def _record(

@@ -84,6 +84,18 @@ class Simulator:
     def delete_job(self, project_id: str, job_id: int) -> None:
         self.fleet.delete(project_id, job_id, self._now_ms())
 
+    def add_project(self, jobs: int | None = None) -> str:
+        """A new project (``jobs`` jobs, default ``jobs_per_project``) that IAM lists from now."""
+        count = self.config.jobs_per_project if jobs is None else jobs
+        project_id = self.fleet.add_project(count, self._now_ms())
+        self.project_ids.append(project_id)
+        return project_id
+
+    def remove_project(self, project_id: str) -> None:
+        """Delete a project: IAM stops listing it, its job calls answer 404."""
+        self.fleet.remove_project(project_id)
+        self.project_ids.remove(project_id)
+
     def step(self, changes: int = 1) -> list[TruthEntry]:
         made = self.fleet.step(changes, self._now_ms())
         log.debug("simulator made %d changes", len(made))
