@@ -121,10 +121,12 @@ def error_for(answer: Answer, call: Call, retry_after_s: float | None) -> ApiErr
     return ApiRejected(text, **ctx)
 
 
-def malformed(what: str, answer: Answer, call: Call, *, detail: str = "") -> MalformedResponse:
+def malformed(
+    what: str, answer: Answer, call: Call, *, detail: str = "", reason: str = "invalid"
+) -> MalformedResponse:
     ctx = call.context(status=answer.status, request_id=answer.request_id)
     text = f"{call.method} {call.url.path}: {what}"
-    return MalformedResponse(text, body=answer.body, detail=detail or what, **ctx)
+    return MalformedResponse(text, body=answer.body, detail=detail or what, reason=reason, **ctx)
 
 
 def validate(model: type[R], doc: dict[str, Any], answer: Answer, call: Call) -> R:

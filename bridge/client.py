@@ -95,9 +95,10 @@ def _json_object(answer: Answer, call: Call) -> dict[str, Any]:
     try:
         doc = orjson.loads(answer.body)
     except orjson.JSONDecodeError as exc:
-        raise malformed("the answer is not JSON", answer, call, detail=str(exc)) from exc
+        what = "the answer is not JSON"
+        raise malformed(what, answer, call, detail=str(exc), reason="not_json") from exc
     if not isinstance(doc, dict):
-        raise malformed("the answer is not a JSON object", answer, call)
+        raise malformed("the answer is not a JSON object", answer, call, reason="not_json")
     return doc
 
 

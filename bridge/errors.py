@@ -215,12 +215,20 @@ class MalformedResponse(ApiError):
     """A 2xx answer whose body is not JSON or does not validate.
 
     ``body`` is the raw response body (bytes, untouched) for the dead-letter path;
-    ``detail`` says what was wrong with it.
+    ``detail`` says what was wrong with it; ``reason`` names that for the dead-letter metric:
+    ``not_json`` (not JSON, or not an object) or ``invalid`` (JSON of the wrong shape).
     """
 
     def __init__(
-        self, message: str, *, body: bytes, detail: str = "", **context: Unpack[ApiErrorContext]
+        self,
+        message: str,
+        *,
+        body: bytes,
+        detail: str = "",
+        reason: str = "invalid",
+        **context: Unpack[ApiErrorContext],
     ) -> None:
         super().__init__(message, **context)
         self.body = body
         self.detail = detail
+        self.reason = reason

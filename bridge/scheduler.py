@@ -582,7 +582,7 @@ class Scheduler:
                 return False
             self.metrics.transactions.labels("committed").inc()
             cycle.project.commit(piece, [key for key, _ in dead])
-            self._count_commit(piece, len(dead))
+            self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
             dead = []
         return True
 
@@ -661,15 +661,15 @@ class Scheduler:
         last = utc(project.watermark_at) if project.watermark_at else "never advanced"
         log.warning("project %s: watermark stalled at %s: %s", pid, last, why)
 
-    def _count_commit(self, piece: Sequence[Seen], dead_letters: int) -> None:
+    def _count_commit(self, piece: Sequence[Seen], dead_letters: Sequence[str]) -> None:
         now = self._clock()
         for seen in piece:
             if not seen.publish:
                 continue
             self.metrics.events.labels(seen.change.kind.value).inc()
             self.metrics.change_to_commit.observe(max(0.0, now - seen.observed_at))
-        if dead_letters:
-            self.metrics.dead_letters.labels("malformed").inc(dead_letters)
+        for reason in dead_letters:  # list_page, not_json, invalid
+            self.metrics.dead_letters.labels(reason).inc()
 
     # --- bookkeeping -----------------------------------------------------------------------
 

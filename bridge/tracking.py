@@ -188,6 +188,7 @@ class Cycle:
     fp_key: bytes = b""
     seen: list[Seen] = field(default_factory=list)
     dead: dict[DeadKey, events.OutRecord] = field(default_factory=dict)
+    dead_reasons: dict[DeadKey, str] = field(default_factory=dict)  # the metric's label
     rows: dict[int, JsonDict] | None = None
     row_fps: dict[int, bytes] = field(default_factory=dict)
     started: float = 0.0  # when its list sweep began (epoch seconds)
@@ -263,6 +264,7 @@ class Cycle:
         if self.redactor is not None:  # the body, and an error text that may quote it
             body = self.redactor.redact_bytes_for_dead_letter(body)
             error = self.redactor.redact_bytes_for_dead_letter(error.encode()).decode()
+        self.dead_reasons[key] = "list_page" if job_id is None else exc.reason
         self.dead[key] = events.dead_letter(
             project_id=self.project.project_id,
             job_id=job_id,

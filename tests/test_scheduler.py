@@ -308,6 +308,9 @@ async def test_malformed_bodies_become_one_dead_letter_each_and_state_stays(make
             events = eng.of_job(pid, job_id)
     assert len(dead) == 1, dead
     assert kinds(events) == ["discovered"]  # state did not move past the broken body
+    dead_metric = eng.metrics.dead_letters
+    assert dead_metric.labels("invalid")._value.get() == 1  # what happened, not "malformed"
+    assert dead_metric.labels("malformed")._value.get() == 0
 
 
 async def test_random_malformed_answers_lose_no_healthy_event(make_simulator):
