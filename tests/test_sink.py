@@ -45,7 +45,8 @@ def state(job_id: int, tag: str | None, generation: int = 0) -> OutRecord:
     )
 
 
-def tags(restored: dict[bytes, StateValue]) -> dict[bytes, str]:
+def tags(restored: dict[bytes, StateValue] | None) -> dict[bytes, str]:
+    assert restored is not None, "restored state expected, got 'kept' (None)"
     return {k: orjson.loads(v.snapshot)["tag"] for k, v in restored.items()}
 
 
