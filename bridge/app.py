@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
 
+from bridge import logs
 from bridge.auth import auth_from_settings
 from bridge.client import DliClient, new_session
 from bridge.errors import ApiError
@@ -341,6 +342,7 @@ async def run(settings: Settings) -> None:
     the drain.
     """
     loop = asyncio.get_running_loop()
+    logs.quiet_kafka_futures(loop)
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("run() must run inside an asyncio task")

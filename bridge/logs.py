@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
 from datetime import UTC, datetime
@@ -10,6 +11,8 @@ from typing import Any, Literal
 import orjson
 
 from bridge.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -45,6 +48,48 @@ class _BootstrapNoise(logging.Filter):
         return not (record.name == "aiokafka" and msg.startswith('Unable connect to "'))
 
 
+# aiokafka's fetcher logs these at ERROR and retries 100 ms later; on topics created moments
+# ago a partition's leader is announced before it answers offset lookups. A lasting failure
+# still surfaces: restore has a stall deadline, membership raises MembershipError.
+_TRANSIENT_FETCH_ERRORS = (
+    "NotLeaderForPartitionError",
+    "LeaderNotAvailableError",
+    "UnknownTopicOrPartitionError",
+)
+
+
+class _RetriedNoise(logging.Filter):
+    """Drops aiokafka's "Failed fetch offsets" line for errors it retries on its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "aiokafka.consumer.fetcher" or not str(record.msg).startswith(
+            "Failed fetch offsets"
+        ):
+            return True
+        error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        return type(error).__name__ not in _TRANSIENT_FETCH_ERRORS
+
+
+def quiet_kafka_futures(loop: asyncio.AbstractEventLoop) -> None:
+    """Report aiokafka's unretrieved internal futures in one line, not as a traceback.
+
+    When a transactional producer is fenced, aiokafka fails its batches' internal drain
+    futures that nothing awaits, and asyncio logs "Future exception was never retrieved"
+    with a traceback at ERROR. The bridge has already handled the fencing (the shard stops
+    until a new assignment), so the line reads like a crash it is not. Everything else
+    goes to the default handler.
+    """
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if exc is not None and type(exc).__module__.startswith("aiokafka"):
+            log.info("aiokafka dropped an internal result after %r", exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 def configure(level: str = "INFO", fmt: LogFormat = "auto", *, is_tty: bool = False) -> None:
     """Install the root handler on stderr; ``auto`` means plain on a terminal, JSON otherwise."""
     if level.upper() not in LEVELS:
@@ -60,13 +105,16 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto", *, is_tty: bool = Fa
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"default": formatter},
-            "filters": {"bootstrap_noise": {"()": _BootstrapNoise}},
+            "filters": {
+                "bootstrap_noise": {"()": _BootstrapNoise},
+                "retried_noise": {"()": _RetriedNoise},
+            },
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
                     "formatter": "default",
                     "stream": "ext://sys.stderr",
-                    "filters": ["bootstrap_noise"],
+                    "filters": ["bootstrap_noise", "retried_noise"],
                 }
             },
             "root": {"level": level.upper(), "handlers": ["stderr"]},

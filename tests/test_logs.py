@@ -82,3 +82,48 @@ def test_aiokafka_bootstrap_failure_is_left_to_the_error_the_bridge_raises(monke
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert "node with id 1" in lines[0]
+
+
+def test_fetch_offsets_errors_aiokafka_retries_are_dropped_and_others_kept(monkeypatch):
+    """A partition leader not yet answering on a new topic is retried by aiokafka itself."""
+    from aiokafka.errors import NotLeaderForPartitionError, UnsupportedVersionError
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.configure("INFO", "plain")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    fetcher.error("Failed fetch offsets from %s: %s", 1, NotLeaderForPartitionError())
+    fetcher.error("Failed fetch offsets from %s: %s", 1, UnsupportedVersionError())
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "UnsupportedVersionError" in lines[0]
+
+
+async def test_unretrieved_aiokafka_future_is_one_info_line_not_a_traceback(caplog):
+    """A fenced producer leaves failed internal futures nobody awaits (aiokafka's drain
+    waiters); asyncio would log them with a traceback at ERROR."""
+    import asyncio
+    import gc
+
+    from aiokafka.errors import ProducerFenced
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    logs.quiet_kafka_futures(loop)
+    try:
+        with caplog.at_level(logging.INFO):
+            future = loop.create_future()
+            future.set_exception(ProducerFenced())
+            del future
+            gc.collect()
+            other = loop.create_future()
+            other.set_exception(ValueError("ours"))
+            del other
+            gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    kafka = [r for r in caplog.records if "ProducerFenced" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in kafka] == [(logging.INFO, None)]
+    assert any(
+        r.levelno == logging.ERROR and "never retrieved" in r.getMessage() for r in caplog.records
+    )
