@@ -28,7 +28,14 @@ import orjson
 
 from bridge import benchkafka
 from bridge.benchloops import LoopFigures, Target, run_loop
-from bridge.benchreport import Row, SweepPoint, latencies, pages_per_sweep, percentile
+from bridge.benchreport import (
+    Row,
+    SweepPoint,
+    latencies,
+    observable,
+    pages_per_sweep,
+    percentile,
+)
 from bridge.benchrun import BridgeChild, BridgeSpec, Sample, simulator
 from bridge.errors import BenchError
 from bridge.models import JsonDict
@@ -70,6 +77,7 @@ class BenchConfig:
     bootstrap_servers: str | None = None
     seed: int = 0
     json_path: str | None = None  # written after every row, so a failed run keeps its figures
+    transitional_interval_s: float = 5.0  # the bridge's fast lane (= interval turns it off)
 
     @property
     def jitter(self) -> float:
@@ -361,6 +369,7 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
         jitter_s=plan.jitter_s,
         partitions=config.partitions,
         max_in_flight=config.concurrency,
+        transitional_interval_s=config.transitional_interval_s,
     )
     async with contextlib.AsyncExitStack() as stack:
         children = await _bridge_children(stack, fleet, spec, plan.instances)
@@ -435,11 +444,9 @@ async def _latency(
     watched = set(plan.projects)
     # only changes the bridge had a full interval (plus jitter and a commit) to see
     until_ms = seen.end.wall_ms - int((plan.interval_s + plan.jitter_s + 1.0) * 1000)
-    window = [
-        c
-        for c in truth
-        if seen.start.wall_ms <= int(c["at"]) <= until_ms and c["project_id"] in watched
-    ]
+    stable_ms = int((plan.interval_s + plan.jitter_s) * 1000)
+    mine = [c for c in truth if c["project_id"] in watched]
+    window = [c for c in observable(mine, stable_ms) if seen.start.wall_ms <= c["at"] <= until_ms]
     found = latencies(window, commits)
     row.changes, row.matched = len(window), len(found)
     row.p50_ms, row.p99_ms = percentile(found, 0.5), percentile(found, 0.99)

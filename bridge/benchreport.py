@@ -8,9 +8,10 @@ Change-to-commit latency is approximated per change as *record timestamp - simul
 time*: the events topic is created with ``message.timestamp.type=LogAppendTime``, so the
 timestamp is when the broker appended the record, a few milliseconds before the transaction's
 commit marker (on a topic with CreateTime it is when the producer built the record, just
-before the commit). A change is matched to the first later event of the same job with the
-same ``status_after``; changes the bridge could not see on their own (the job changed again
-before the next poll) match the event of the later change or stay unmatched.
+before the commit). Only *observable* changes count — the job did not change again within
+one poll interval plus jitter — and each is matched to the first later event of the same
+job with the same ``status_after``; a change the bridge could not see on its own (superseded
+before any poll could see it) is left out of both ``changes`` and the percentiles.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "SweepPoint",
     "Target",
     "latencies",
+    "observable",
     "pages_per_sweep",
     "percentile",
     "sweep_table",
@@ -120,13 +122,38 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def observable(changes: Sequence[Mapping[str, Any]], stable_ms: int) -> list[Mapping[str, Any]]:
+    """The changes whose state lasted ``stable_ms`` before the job changed again.
+
+    Polling cannot see a state that came and went between two polls, so only a change that
+    stood for at least one interval (plus jitter) can be asked of the bridge; the others
+    show up, if at all, folded into a later event (flagged ``possibly_missed``).
+    """
+    by_job: dict[tuple[str, int], list[int]] = {}
+    for change in changes:
+        by_job.setdefault((str(change["project_id"]), int(change["job_id"])), []).append(
+            int(change["at"])
+        )
+    for times in by_job.values():
+        times.sort()
+    out = []
+    for change in changes:
+        times = by_job[(str(change["project_id"]), int(change["job_id"]))]
+        at = int(change["at"])
+        later = times[bisect.bisect_right(times, at) :]
+        if not later or later[0] - at >= stable_ms:
+            out.append(change)
+    return out
+
+
 def latencies(
     changes: Iterable[Mapping[str, Any]], commits: Iterable[tuple[EventKey, int]]
 ) -> list[float]:
     """Milliseconds from each ground-truth change to the commit of the event that shows it.
 
     ``changes`` are /_sim/changes entries; ``commits`` are (key, record timestamp ms) of
-    committed events. Unmatched changes are left out (the caller counts them).
+    committed events. A change is shown by the first event of its job with its
+    ``status_after`` stamped after it. Unmatched changes are left out (the caller counts them).
     """
     by_key: dict[EventKey, list[int]] = {}
     for key, ts in commits:

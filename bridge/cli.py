@@ -619,6 +619,12 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--sweep-interval-s", type=number, default=30.0, help="default: 30")
     p.add_argument("--sweep-duration", type=number, default=60.0, help="per size, s (default: 60)")
     p.add_argument("--partitions", type=whole, default=12, help="state partitions (default: 12)")
+    p.add_argument(
+        "--transitional-interval-s",
+        type=number,
+        default=5.0,
+        help="the bridge's fast lane for jobs in transitional states (default: 5)",
+    )
     p.add_argument("--bootstrap-servers", help="an existing Kafka (default: local broker)")
     p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     p.set_defaults(func=_cmd_bench)
@@ -646,6 +652,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         bootstrap_servers=args.bootstrap_servers,
         json_path=args.json,
+        transitional_interval_s=args.transitional_interval_s,
     )
     report = asyncio.run(bench.run(config, lambda line: print(line, file=sys.stderr, flush=True)))
     print(bench.render(report))

@@ -14,6 +14,7 @@ from bridge.benchreport import (
     Row,
     SweepPoint,
     latencies,
+    observable,
     pages_per_sweep,
     percentile,
     table,
@@ -77,6 +78,16 @@ def test_each_change_matches_the_first_later_event_with_its_status():
         {"project_id": "p", "job_id": 2, "status_after": None, "at": 950},  # event came before
     ]
     assert latencies(changes, commits) == [500.0, 1_000.0]
+
+
+def test_only_changes_that_stood_a_whole_interval_are_observable():
+    changes = [
+        {"project_id": "p", "job_id": 1, "status_after": "a", "at": 1_000},  # replaced at 1_500
+        {"project_id": "p", "job_id": 1, "status_after": "b", "at": 1_500},  # stood until 9_000
+        {"project_id": "p", "job_id": 1, "status_after": "c", "at": 9_000},  # the last one
+        {"project_id": "p", "job_id": 2, "status_after": "a", "at": 1_200},  # another job
+    ]
+    assert [c["at"] for c in observable(changes, 5_000)] == [1_500, 9_000, 1_200]
 
 
 def test_targets_judge_detail_cpu_against_both_loops():
