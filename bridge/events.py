@@ -31,6 +31,7 @@ __all__ = [
     "OutRecord",
     "StateValue",
     "build_event",
+    "compact_json",
     "dead_letter",
     "event_id",
     "format_time",
@@ -49,6 +50,16 @@ SPECVERSION = "1.0"
 STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json"
 JSON_CONTENT_TYPE = b"application/json"
 _SEQUENCE_DIGITS = 20  # a 64-bit counter fits; zero-padded so strings order like numbers
+
+
+def compact_json(doc: object) -> bytes:
+    """``doc`` as compact JSON bytes sized to their content, for values kept in memory.
+
+    orjson (3.13) returns bytes whose allocation is several times their length: kept by
+    the hundred thousand (one snapshot per tracked job) that was ~8 KB per 2 KB snapshot
+    of resident memory. The copy costs about a microsecond and happens only on a change.
+    """
+    return bytes(memoryview(orjson.dumps(doc)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +262,7 @@ def parse_state(value: bytes) -> StateValue:
             project_id=str(doc["project_id"]),
             job_id=int(doc["job_id"]),
             sequence=int(doc["sequence"]),
-            snapshot=orjson.dumps(doc["snapshot"]),
+            snapshot=compact_json(doc["snapshot"]),
             fingerprint=bytes.fromhex(doc["fingerprint"]),
             row_fingerprint=None if row_fp is None else bytes.fromhex(row_fp),
             observed_at=datetime.fromisoformat(doc["observed_at"]),

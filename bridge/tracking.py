@@ -240,7 +240,7 @@ class Cycle:
             tracked.fingerprint = fp  # only ignored fields moved: remember the new bytes
             tracked.touch(self.row_fps.get(job_id), observed)
             return
-        snapshot = orjson.dumps(after)
+        snapshot = events.compact_json(after)
         self.seen.append(Seen(job_id, change, snapshot, fp, self.row_fps.get(job_id), observed))
 
     def deleted(self, job_id: int, observed: float) -> None:

@@ -412,3 +412,12 @@ def test_dead_letter_of_a_list_call_is_keyed_by_project():
     assert record.key == b"p-1"
     assert record.value is not None
     DEAD.validate(orjson.loads(record.value))
+
+
+def test_compact_json_is_orjson_output_in_a_right_sized_copy():
+    doc = {"job_id": 104, "status": "job_running", "job_config": {"cu_number": 2}}
+    from bridge.events import compact_json
+
+    packed = compact_json(doc)
+    assert type(packed) is bytes
+    assert packed == orjson.dumps(doc)
