@@ -14,7 +14,22 @@ from bridge import lifecycle
 from bridge.diff import DEFAULT_IGNORE, without_ignored
 from bridge.models import JsonDict
 
-__all__ = ["Known", "Plan", "Reason", "Row", "phase", "plan", "reconcile_due", "row_fingerprint"]
+__all__ = [
+    "FAST_LANE_POLLS",
+    "Known",
+    "Plan",
+    "Reason",
+    "Row",
+    "phase",
+    "plan",
+    "reconcile_due",
+    "row_fingerprint",
+]
+
+# A job entering a transitional status gets this many fast detail polls, one every
+# ``transitional_interval_s``; a job that stays there longer (DLI jobs can sit in submitting
+# for hours) falls back to the list sweep, whose row shows its status, and the reconcile.
+FAST_LANE_POLLS = 6
 
 
 @dataclass(slots=True)
@@ -25,6 +40,7 @@ class Known:
     detail_at: float | None  # epoch seconds of the last detail fetch (None = never)
     status: str | None
     misses: int = 0  # consecutive complete sweeps the job was absent from
+    status_since: float | None = None  # epoch seconds it was first seen in ``status``
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +133,11 @@ def _due(
 ) -> Reason | None:
     if job.detail_at is None:
         return Reason.RECONCILE
-    if status in lifecycle.TRANSITIONAL and now - job.detail_at >= transitional_s:
+    if (
+        status in lifecycle.TRANSITIONAL
+        and now - job.detail_at >= transitional_s
+        and (job.status_since is None or now - job.status_since < FAST_LANE_POLLS * transitional_s)
+    ):
         return Reason.TRANSITIONAL
     if reconcile_due(job_id, job.detail_at, now, reconcile_s):
         return Reason.RECONCILE

@@ -163,6 +163,8 @@ class ProjectState:
                 continue
             status = seen.change.status_after
             known = tracked.known if tracked is not None else sweep.Known(None, None, None)
+            if tracked is None or known.status != status:
+                known.status_since = seen.observed_at
             known.status, known.detail_at = status, seen.observed_at
             if seen.row_fp is not None:
                 known.row_fp = seen.row_fp
@@ -295,7 +297,9 @@ def restore(
             continue
         status = orjson.loads(value.snapshot).get("status")
         observed = value.observed_at
-        known = sweep.Known(value.row_fingerprint, observed.timestamp(), status)
+        known = sweep.Known(
+            value.row_fingerprint, observed.timestamp(), status, status_since=observed.timestamp()
+        )
         project.jobs[value.job_id] = Tracked(
             value.sequence, value.snapshot, value.fingerprint, observed, known, value.answered
         )

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.sweep import Known, Plan, Reason, Row, phase, plan, reconcile_due, row_fingerprint
+from bridge.sweep import (
+    FAST_LANE_POLLS,
+    Known,
+    Plan,
+    Reason,
+    Row,
+    phase,
+    plan,
+    reconcile_due,
+    row_fingerprint,
+)
 
 NOW = 1_000_000.0
 RECONCILE = 600.0
@@ -27,8 +37,8 @@ def _plan(known, rows, *, now=NOW, misses=2, reconcile=RECONCILE) -> Plan:
     )
 
 
-def _known(status="job_running", detail_at=NOW - 1, fp=FP, misses=0) -> Known:
-    return Known(row_fp=fp, detail_at=detail_at, status=status, misses=misses)
+def _known(status="job_running", detail_at=NOW - 1, fp=FP, misses=0, since=None) -> Known:
+    return Known(row_fp=fp, detail_at=detail_at, status=status, misses=misses, status_since=since)
 
 
 def _row(job_id=1, fp=FP, status="job_running") -> Row:
@@ -74,6 +84,18 @@ def test_fingerprint_ignore_list_is_configurable():
         # the row's status is fresher than what we remember
         (_known(status="job_submitting", detail_at=NOW - FAST), _row(), None),
         (_known(detail_at=NOW - RECONCILE), _row(status="job_savepointing"), Reason.TRANSITIONAL),
+        # the fast lane lasts FAST_LANE_POLLS intervals into a transitional status, then the
+        # row (which shows the status) and the reconcile take over
+        (
+            _known(detail_at=NOW - FAST, since=NOW - (FAST_LANE_POLLS - 1) * FAST),
+            _row(status="job_submitting"),
+            Reason.TRANSITIONAL,
+        ),
+        (
+            _known(detail_at=NOW - FAST, since=NOW - FAST_LANE_POLLS * FAST),
+            _row(status="job_submitting"),
+            None,
+        ),
     ],
 )
 def test_reason_for_a_listed_job(job, row, reason):

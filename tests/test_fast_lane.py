@@ -1,0 +1,29 @@
+"""The fast lane for transitional jobs: a few quick detail polls, then the list sweep's pace."""
+
+import asyncio
+
+from bridge.lifecycle import JobStatus
+from bridge.sweep import FAST_LANE_POLLS
+from tests.test_scheduler import engine, until
+
+
+async def test_a_job_stuck_in_a_transitional_status_leaves_the_fast_lane(make_simulator):
+    """DLI jobs can sit in job_submitting for hours: polling each one every few seconds all
+    that time was most of the list mode's requests in the benchmark."""
+    async with make_simulator(projects=1, jobs_per_project=1) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = next(iter(sim.fleet.projects[pid].jobs))
+        sim.set_status(pid, job_id, JobStatus.SUBMITTING)
+        async with engine(
+            url, [pid], mode="list", interval_s=0.5, transitional_interval_s=0.05
+        ) as eng:
+            await until(lambda: len(eng.events()) >= 1, "discovered")
+            await asyncio.sleep(FAST_LANE_POLLS * 0.05 * 4)  # well past the fast lane
+            before = eng.requests(sim, "detail", pid)
+            await asyncio.sleep(1.0)  # two list sweeps, twenty fast-lane slots
+            late = eng.requests(sim, "detail", pid) - before
+            sim.set_status(pid, job_id, JobStatus.RUNNING)
+            await until(lambda: len(eng.events()) >= 2, "the status change, seen by the sweep")
+    assert before >= 2  # the fast lane did poll it at first
+    assert late <= 1  # afterwards at most a reconcile, not a poll every 50 ms
+    assert [e["data"]["status_after"] for e in eng.events()] == ["job_submitting", "job_running"]
