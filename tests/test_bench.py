@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.benchreport import (
+from bridge.bench.report import (
     Row,
     SweepPoint,
     latencies,
@@ -20,7 +20,7 @@ from bridge.benchreport import (
     table,
     targets,
 )
-from bridge.benchrun import BridgeSpec, bridge_toml, sample
+from bridge.bench.run import BridgeSpec, bridge_toml, sample
 from bridge.settings import Settings
 
 ROWS = ("bare loop", "sdk loop", "bridge detail", "bridge list", "bridge sweep")

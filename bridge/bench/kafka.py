@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from bridge.benchreport import EventKey
+from bridge.bench.report import EventKey
 from bridge.errors import BenchError
 
 __all__ = ["Commit", "EventKey", "committed", "create_events_topic"]

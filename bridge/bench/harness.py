@@ -1,11 +1,11 @@
-"""`dli-bridge bench`: the figures users size a deployment by, against the floor and the SDK.
+"""One benchmark run: the simulator, Kafka, the reference loops, the bridge rows, the sweep.
 
 One run starts the simulator (its own process) and Kafka (local, or
 ``KAFKA_BOOTSTRAP_SERVERS``), then measures, one after another on the same simulator:
 the bare aiohttp loop, the official SDK loop, and the bridge in each mode — every bridge row
 a `dli-bridge run` child of its own with its own topics, so its CPU and memory are its own.
 ``--sweep`` adds the scaling sweep (list mode at growing fleets, 30 s interval). Figures and
-targets: ``benchreport``; processes: ``benchrun``; reference loops: ``benchloops``.
+targets: ``report``; processes: ``run``; reference loops: ``loops``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from bridge import benchkafka
-from bridge.benchloops import LoopFigures, Target, run_loop
-from bridge.benchreport import (
+from bridge.bench import kafka as benchkafka
+from bridge.bench.loops import LoopFigures, Target, run_loop
+from bridge.bench.report import (
     Row,
     SweepPoint,
     latencies,
@@ -36,7 +36,7 @@ from bridge.benchreport import (
     pages_per_sweep,
     percentile,
 )
-from bridge.benchrun import BridgeChild, BridgeSpec, Sample, simulator
+from bridge.bench.run import BridgeChild, BridgeSpec, Sample, simulator
 from bridge.errors import BenchError
 from bridge.models import JsonDict
 
@@ -100,7 +100,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> bytes:
-        from bridge.benchreport import targets
+        from bridge.bench.report import targets
 
         doc = {
             "meta": self.meta,
@@ -606,7 +606,7 @@ async def _sweep_point(
 
 def render(report: Report) -> str:
     """The plain-text report: machine, table, sweep, targets, notes."""
-    from bridge.benchreport import sweep_table, table, targets, targets_text
+    from bridge.bench.report import sweep_table, table, targets, targets_text
 
     meta, config = report.meta, report.config
     lines = [
