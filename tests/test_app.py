@@ -343,3 +343,51 @@ async def test_a_failure_while_running_is_raised_bare_not_as_a_task_group(monkey
         monkeypatch.setattr(app.scheduler, "run", broken)
         with pytest.raises(SinkUnavailable, match="went away"):
             await app.run(asyncio.Event())
+
+
+async def test_broken_answers_dead_letter_once_and_a_throttled_project_delays_no_other(
+    make_simulator, kafka_bootstrap, request
+):
+    """Against the broker: one project answers half its detail calls with broken bodies,
+    another is throttled to a 429 storm; the third's changes still arrive within the usual
+    window, the broken project's jobs still end in their true state, and every dead letter
+    is a distinct (job, body)."""
+    name = unique_name(request, "faults")
+    async with make_simulator(projects=3, jobs_per_project=4, seed=11) as (sim, url):
+        broken, throttled, healthy = sim.project_ids
+        environ = bridge_environ(kafka_bootstrap, url, sim.project_ids, name, mode="detail")
+        settings = Settings.from_env(environ)
+        stop = asyncio.Event()
+        async with App(settings) as app, asyncio.TaskGroup() as group:
+            group.create_task(app.run(stop))
+            await wait_ready(app.health_url)
+            sim.set_faults(broken, malformed_rate=0.5)
+            sim.set_faults(throttled, throttle_per_s=0.001)
+            started_ms = int(time.time() * 1000)
+            for round_ in range(5):
+                for pid in (broken, healthy):
+                    for job_id in list(sim.fleet.projects[pid].jobs)[:2]:
+                        sim.update_job(pid, job_id, desc=f"revision {round_}")
+                await asyncio.sleep(INTERVAL_S * 5)  # each change stays the latest > window
+            await asyncio.sleep(INTERVAL_S * 6)
+            stop.set()
+        events = await read_topic(kafka_bootstrap, settings.kafka.topics.events)
+        dead = await read_topic(kafka_bootstrap, settings.kafka.topics.dlq)
+        final = final_state_problems([e for e in events if e["data"]["project_id"] == broken], sim)
+    assert sim.requests[("throttled", throttled)] > 0
+    assert sim.requests[("malformed", broken)] > 0
+    healthy_events = [e for e in events if e["data"]["project_id"] == healthy]
+    healthy_truth = [c for c in sim.changes() if c.project_id == healthy]
+    window = dict.fromkeys(("created", "status_changed", "updated", "deleted"), 2000.0)
+    verdict = compare(healthy_events, healthy_truth, started_ms=started_ms, window_ms=window)
+    assert not verdict.problems, "\n".join(verdict.problems)
+    assert verdict.checked >= 8
+    assert not final, "\n".join(final)
+    assert dead, "no dead letter for the broken answers"
+    assert {d["project_id"] for d in dead} == {broken}
+    assert len(dead) <= sim.requests[("malformed", broken)]  # never one per poll of a body
+    # a body cut off mid-JSON is masked whole (it might hold a secret), so only the readable
+    # ones can show that the same (job, body) was not dead-lettered twice
+    readable = [(d["job_id"], d["body"]) for d in dead if d["body"] != "******"]
+    assert readable
+    assert len(readable) == len(set(readable))
