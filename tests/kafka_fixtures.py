@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
 
@@ -120,3 +121,32 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not hold within {timeout_s:g}s")
         await asyncio.sleep(0.2)
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its end (the last stable offset under read_committed),
+    in (partition, offset) order, undecoded."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level=isolation_level, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        # a topic made moments ago: this fresh consumer's metadata may not know it yet
+        async with asyncio.timeout(10.0):
+            while not (partitions := consumer.partitions_for_topic(topic)):
+                await consumer._client.force_metadata_update()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        end = await consumer.end_offsets(assigned)
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(30):
+            while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
+                batches = await consumer.getmany(*assigned, timeout_ms=200)
+                for records in batches.values():
+                    found += records
+        return sorted(found, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()

@@ -12,12 +12,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bridge.app import App
 from bridge.settings import Settings
 from bridge.simulator import Simulator
-from tests.kafka_fixtures import eventually, unique_name
+from tests.kafka_fixtures import eventually, read_records, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -62,25 +61,8 @@ async def read_topic(
     bootstrap: str, topic: str, partitions: int = PARTITIONS
 ) -> list[dict[str, Any]]:
     """Every committed record of ``topic`` (read_committed, to the end), values decoded."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        # the bridge made the topic; a fresh consumer's metadata may not know it yet
-        assigned = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        end = await consumer.end_offsets(assigned)
-        found: list[dict[str, Any]] = []
-        async with asyncio.timeout(30):
-            while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
-                batches = await consumer.getmany(*assigned, timeout_ms=200)
-                for records in batches.values():
-                    found += [orjson.loads(r.value) for r in records if r.value is not None]
-        return found
-    finally:
-        await consumer.stop()
+    records = await read_records(bootstrap, topic)
+    return [orjson.loads(r.value) for r in records if r.value is not None]
 
 
 @dataclass

@@ -10,46 +10,17 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bridge.app import App
 from bridge.settings import Settings
 from bridge.simulator import SECRETS, jdbc_password
-from tests.kafka_fixtures import eventually, unique_name
+from tests.kafka_fixtures import eventually, read_records, unique_name
 from tests.test_app import bridge_environ, drive, wait_ready
 
 pytestmark = pytest.mark.integration
 
 HASH_KEY = "test-deployment-key"
-
-
-async def read_records(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every committed record of ``topic`` (read_committed, to the end), undecoded."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not assigned:
-            return []
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        end = await consumer.end_offsets(assigned)
-        found: list[ConsumerRecord[bytes, bytes]] = []
-        async with asyncio.timeout(30):
-            while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
-                batches = await consumer.getmany(*assigned, timeout_ms=200)
-                for records in batches.values():
-                    found += records
-        return found
-    finally:
-        await consumer.stop()
 
 
 def secret_forms(secrets: Sequence[str]) -> list[bytes]:

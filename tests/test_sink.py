@@ -9,14 +9,14 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from bridge.errors import ConfigError, ProducerFencedError, SinkError, SinkUnavailable
 from bridge.events import OutRecord, StateValue, job_key, state_record, state_tombstone
 from bridge.settings import KafkaSettings, TopicsSettings
 from bridge.sink import Batch, KafkaSink, MemorySink
 from bridge.state import RestoreStats
-from tests.kafka_fixtures import create_topic, unique_name
+from tests.kafka_fixtures import create_topic, read_records, unique_name
 
 SHARDS = 2
 
@@ -79,28 +79,8 @@ async def read_topic(
     bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
 ) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record in every partition of ``topic``, up to its end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation_level, enable_auto_commit=False
-    )
-    async with consumer:
-        tps = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None]] = []
-        async with asyncio.timeout(20.0):
-            for tp in tps:
-                while await consumer.position(tp) < ends[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=200)
-                    out += [(r.key, r.value) for r in batch.get(tp, [])]
-    return out
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    async with asyncio.timeout(10.0):
-        while not (partitions := consumer.partitions_for_topic(topic)):
-            await consumer._client.force_metadata_update()
-    return set(partitions)
+    records = await read_records(bootstrap, topic, isolation_level=isolation_level)
+    return [(r.key, r.value) for r in records]
 
 
 async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
