@@ -175,6 +175,7 @@ async def test_resnapshot_answers_once_with_each_live_jobs_current_state(
     from bridge.redact import RedactionSettings, Redactor
     from bridge.signals import SnapshotRequest, send_request
     from bridge.simulator.render import detail
+    from tests.bridge_config import write_config
 
     name = unique_name(request, "resnap")
     async with make_simulator(projects=2, jobs_per_project=4, seed=5) as (sim, url):
@@ -189,12 +190,15 @@ async def test_resnapshot_answers_once_with_each_live_jobs_current_state(
             await wait_ready(app.health_url)
             sim.delete_job(pid, min(sim.fleet.projects[pid].jobs))
             await asyncio.sleep(3.0)  # the delete is confirmed
-            config = tmp_path / "bridge.toml"
-            config.write_text(
-                f'[auth]\nmode = "none"\n[projects]\nids = ["{pid}"]\n'
-                f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
-                f'[kafka.topics]\nsignals = "{topics.signals}"\n'
+            config = write_config(
+                tmp_path / "bridge.toml",
+                bootstrap=kafka_bootstrap,
+                base_url=url,
+                projects=[pid],
+                name=name,
+                port=0,
             )
+            assert Settings.from_env({}, toml_path=config).kafka.topics == topics
             argv = [
                 "resnapshot",
                 "--project",
@@ -290,7 +294,8 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
 ):
     import signal
 
-    from tests.test_run_process import INTERVAL_S, bridge_process, write_config
+    from tests.bridge_config import write_config
+    from tests.test_run_process import INTERVAL_S, bridge_process
     from tests.test_run_process import wait_ready as wait_process_ready
 
     name = unique_name(request, "wmkill")
@@ -303,12 +308,8 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
             projects=sim.project_ids,
             name=name,
             port=port,
+            polling={"interval_s": INTERVAL_S},
         )
-        text = config.read_text().replace(
-            f'dlq = "{name}.dlq"\n',
-            f'dlq = "{name}.dlq"\nwatermarks = "{name}.watermarks"\nsignals = "{name}.signals"\n',
-        )
-        config.write_text(text)
         async with bridge_process(config, log) as first:
             await wait_process_ready(port, first)
             await drive(sim, seconds=3.0, per_s=4.0)

@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 
+from tests.bridge_config import write_config
 from tests.kafka_fixtures import eventually, unique_name
 from tests.test_app import compare, drive, read_topic
 
@@ -21,45 +21,6 @@ pytestmark = pytest.mark.integration
 
 INTERVAL_S = 0.5
 PARTITIONS = 3
-
-
-def write_config(
-    path: Path, *, bootstrap: str, base_url: str, projects: list[str], name: str, port: int
-) -> Path:
-    path.write_text(
-        f"""
-[api]
-endpoint = "{base_url}"
-retry_base_s = 0.05
-retry_cap_s = 0.5
-[auth]
-mode = "none"
-[projects]
-ids = {orjson.dumps(projects).decode()}
-[polling]
-mode = "list"
-interval_s = {INTERVAL_S}
-transitional_interval_s = {INTERVAL_S / 2}
-reconcile_interval_s = 1.0
-delete_after_misses = 2
-jitter_s = 0.05
-drain_s = 5.0
-[kafka]
-bootstrap_servers = "{bootstrap}"
-partitions = {PARTITIONS}
-transactional_id_prefix = "{name}"
-group_id = "{name}"
-session_timeout_ms = 6000
-rebalance_timeout_ms = 10000
-[kafka.topics]
-events = "{name}.events"
-state = "{name}.state"
-dlq = "{name}.dlq"
-[http]
-bind = "127.0.0.1:{port}"
-"""
-    )
-    return path
 
 
 @asynccontextmanager
@@ -114,6 +75,8 @@ async def test_sigkill_then_restart_neither_loses_nor_duplicates(
             projects=sim.project_ids,
             name=name,
             port=port,
+            polling={"interval_s": INTERVAL_S},
+            kafka={"partitions": PARTITIONS},
         )
         initial = len(sim.fleet)
         async with bridge_process(config, log) as first:

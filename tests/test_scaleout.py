@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from bridge.simulator import Simulator
+from tests import bridge_config
 from tests.kafka_fixtures import eventually, unique_name
 from tests.test_app import compare, drive, final_state_problems, read_topic
 from tests.test_run_process import bridge_process
@@ -50,55 +51,25 @@ WINDOW_MS = {
 ALL_SHARDS = frozenset(range(PARTITIONS))
 
 
-def write_config(
-    path: Path,
-    *,
-    bootstrap: str,
-    base_url: str,
-    projects: list[str],
-    name: str,
-    port: int,
-    instance_id: str | None = None,
-) -> Path:
-    instance = f'instance_id = "{instance_id}"\n' if instance_id else ""
-    path.write_text(
-        f"""
-[api]
-endpoint = "{base_url}"
-retry_base_s = 0.05
-retry_cap_s = 0.5
-project_rate_per_s = 1000.0
-project_burst = 1000
-credential_rate_per_s = 1000.0
-credential_burst = 1000
-[auth]
-mode = "none"
-[projects]
-ids = {orjson.dumps(projects).decode()}
-[polling]
-mode = "list"
-interval_s = {INTERVAL_S}
-transitional_interval_s = {INTERVAL_S / 2}
-reconcile_interval_s = {RECONCILE_S}
-delete_after_misses = 2
-jitter_s = 0.1
-drain_s = 5.0
-[kafka]
-bootstrap_servers = "{bootstrap}"
-partitions = {PARTITIONS}
-transactional_id_prefix = "{name}"
-group_id = "{name}"
-session_timeout_ms = {SESSION_TIMEOUT_MS}
-rebalance_timeout_ms = 10000
-{instance}[kafka.topics]
-events = "{name}.events"
-state = "{name}.state"
-dlq = "{name}.dlq"
-[http]
-bind = "127.0.0.1:{port}"
-"""
+def write_config(path: Path, *, instance_id: str | None = None, **where: Any) -> Path:
+    """A child's config: the shared test config with this module's pace and shard count;
+    ``instance_id`` for static membership."""
+    return bridge_config.write_config(
+        path,
+        **where,
+        api={
+            "project_rate_per_s": 1000.0,
+            "project_burst": 1000,
+            "credential_rate_per_s": 1000.0,
+            "credential_burst": 1000,
+        },
+        polling={"interval_s": INTERVAL_S, "reconcile_interval_s": RECONCILE_S, "jitter_s": 0.1},
+        kafka={
+            "partitions": PARTITIONS,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "instance_id": instance_id,
+        },
     )
-    return path
 
 
 @dataclass
