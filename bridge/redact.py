@@ -97,6 +97,8 @@ _SENSITIVE = re.compile(
     r"passw(?:or)?d|passphrase|secret|token|credential|private\.?key|api\.?key|access\.?key"
     r"|(?:^|\.)(?:pass|pwd|ak|sk|keystore\.key|ssl\.key|user\.?info)(?:\.|$)"
 )
+# Keys whose verdict is remembered; keys are field and option names, so this is plenty.
+_VERDICT_MEMORY = 4096
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
 
@@ -167,7 +169,8 @@ def _key_forms(key: str) -> tuple[str, str]:
 
 
 class Redactor:
-    """Masks secrets in snapshots and dead-letter bodies; immutable, safe to share."""
+    """Masks secrets in snapshots and dead-letter bodies; safe to share (its one state is a memo
+    of which keys are sensitive)."""
 
     def __init__(self, settings: RedactionSettings) -> None:
         self._settings = settings
@@ -175,6 +178,7 @@ class Redactor:
         self._extra = [re.compile(p, re.IGNORECASE) for p in settings.extra_key_patterns]
         self._drop = [_parse_pointer(p) for p in settings.drop_fields]
         self._mask = [_parse_pointer(p) for p in settings.mask_fields]
+        self._verdicts: dict[str, bool] = {}  # key -> sensitive (see _sensitive)
 
     def __repr__(self) -> str:
         s = self._settings
@@ -188,9 +192,10 @@ class Redactor:
 
     def redact(self, snapshot: JsonDict) -> JsonDict:
         """A copy of ``snapshot`` with every secret masked (see the module docstring)."""
-        doc: JsonDict = copy.deepcopy(snapshot)
         if not self._settings.enabled:
-            return doc
+            return copy.deepcopy(snapshot)
+        # the walk builds a new tree; only dropping and masking by path edit one in place
+        doc: JsonDict = copy.deepcopy(snapshot) if self._drop or self._mask else snapshot
         for path in self._drop:
             _drop(doc, path)
         for path in self._mask:
@@ -226,6 +231,8 @@ class Redactor:
     def _redact_tree(self, doc: Any) -> Any:
         found: list[str] = []
         out = self._walk(doc, None, found)
+        if not any(len(s) >= _SWEEP_MIN_LEN for s in found):
+            return out  # nothing the sweep would look for
         return _walk_strings(out, lambda s: _sweep(s, found, self._mask_text))
 
     def _walk(self, value: Any, key: str | None, found: list[str]) -> Any:
@@ -250,6 +257,14 @@ class Redactor:
     # --- masks ----------------------------------------------------------------------------
 
     def _sensitive(self, key: str) -> bool:
+        known = self._verdicts.get(key)
+        if known is None:  # the same few dozen keys come back in every snapshot
+            if len(self._verdicts) >= _VERDICT_MEMORY:
+                self._verdicts.clear()
+            known = self._verdicts[key] = self._judge_key(key)
+        return known
+
+    def _judge_key(self, key: str) -> bool:
         if any(p.search(key) for p in self._extra):
             return True
         return any(_SENSITIVE.search(form) for form in _key_forms(key))
@@ -290,9 +305,15 @@ class Redactor:
             return text
         if depth > _MAX_DEPTH:  # ``a=b=c=…`` nested this deep is no config: hide it all
             return self._secret(text, found)
-        text = _ENTRY.sub(lambda m: self._entry(m, found), text)
+        if ":" not in text and "=" not in text and "--" not in text:
+            return text  # every shape below needs one of these: most values end here
+        if '"key"' in text:
+            text = _ENTRY.sub(lambda m: self._entry(m, found), text)
         text = _PAIR.sub(lambda m: self._pair(m, found, depth), text)
-        text = _FLAG.sub(lambda m: self._flag(m, found), text)
+        if "--" in text:
+            text = _FLAG.sub(lambda m: self._flag(m, found), text)
+        if "://" not in text:
+            return text
         return _USERINFO.sub(lambda m: m["head"] + self._secret(m["pw"], found) + "@", text)
 
     def _pair(self, m: re.Match[str], found: list[str], depth: int) -> str:
