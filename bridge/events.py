@@ -133,8 +133,15 @@ def build_event(
     observed_at: datetime,
     previous_observed_at: datetime | None,
     options: EventOptions,
+    before_json: bytes | None = None,
+    after_json: bytes | None = None,
 ) -> OutRecord:
-    """The record announcing ``change``; never fails on size (snapshots are dropped instead)."""
+    """The record announcing ``change``; never fails on size (snapshots are dropped instead).
+
+    ``before_json``/``after_json``: the snapshots as compact JSON, used instead of
+    ``change.before``/``change.after`` (the engine keeps bytes, not parsed documents, while a
+    cycle waits for its commit).
+    """
     kind = change.kind.value
     event_type = f"dli.job.{kind}"
     key = job_key(project_id, job_id)
@@ -149,8 +156,8 @@ def build_event(
         "status_after": change.status_after,
         "changed": change.changed,
         "patch": change.patch,
-        "before": change.before if options.snapshots == "both" else None,
-        "after": change.after if options.snapshots != "none" else None,
+        "before": _doc(change.before, before_json) if options.snapshots == "both" else None,
+        "after": _doc(change.after, after_json) if options.snapshots != "none" else None,
         "observed_at": time,
         "previous_observed_at": None
         if previous_observed_at is None
@@ -184,6 +191,10 @@ def build_event(
     envelope = {**attributes, "datacontenttype": "application/json", "data": data}
     headers = (("content-type", STRUCTURED_CONTENT_TYPE), *routing)
     return _fit(key, headers, data, lambda: orjson.dumps(envelope), options.max_record_bytes)
+
+
+def _doc(doc: JsonDict | None, compact: bytes | None) -> JsonDict | orjson.Fragment | None:
+    return doc if compact is None else orjson.Fragment(compact)
 
 
 def _fit(

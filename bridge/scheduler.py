@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import orjson
+from prometheus_client import Counter, Histogram
 
 from bridge import events, sweep
 from bridge.breaker import BreakerState
@@ -46,9 +47,18 @@ from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
 from bridge.signals import SnapshotRequest
 from bridge.sink import Sink, StillOurs
-from bridge.tracking import Cycle, ProjectState, Seen, batch, chunks, fingerprint, utc
+from bridge.tracking import (
+    Cycle,
+    ProjectState,
+    Seen,
+    batch,
+    chunks,
+    detail_fingerprint,
+    fingerprint,
+    utc,
+)
 
-__all__ = ["JobApi", "PollConfig", "Scheduler", "ticks"]
+__all__ = ["JobApi", "PollConfig", "Scheduler", "phase_of", "ticks"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +68,9 @@ Mode = Literal["detail", "list", "sweep"]
 # project must not become one giant transaction.
 MAX_BATCH_JOBS = 500
 
-# A `show_detail=true` row lacks `user_name`, `root_id` (light-row and detail fields) and
-# `duration` (light rows only): in sweep mode they are never compared, so a snapshot taken
-# from a detail call (a delete check, a transitional poll, or state written in another mode)
-# does not read as an update. See bridge/simulator/render.py and reference §1.3.
-SWEEP_ONLY_DIFFER: tuple[str, ...] = ("user_name", "root_id", "duration")
+# Sweep mode never compares what a `show_detail=true` row lacks, so a snapshot taken from a
+# detail call (a delete check, or state written in another mode) does not read as an update.
+SWEEP_ONLY_DIFFER = sweep.DETAIL_ROW_LACKS
 
 
 class JobApi(Protocol):
@@ -146,19 +154,36 @@ def _fingerprint_key(redaction: RedactionSettings) -> bytes:
 
 
 async def ticks(
-    period_s: float, jitter_s: float, stop: asyncio.Event, rng: random.Random
+    period_s: float,
+    jitter_s: float,
+    stop: asyncio.Event,
+    rng: random.Random,
+    *,
+    phase_s: float = 0.0,
 ) -> AsyncGenerator[float, None]:
     """Drift-free ticks until ``stop``: yields each tick's nominal loop time.
 
-    The n-th tick is due at ``start + n * period_s`` plus a fresh jitter, however long the
-    work between ticks took; ticks missed by slow work are skipped, never bunched up.
+    The first tick is due at once (plus a jitter); the n-th after it at ``start + phase_s +
+    n * period_s`` plus a fresh jitter, however long the work between ticks took; ticks
+    missed by slow work are skipped, never bunched up. Loops given different phases spread
+    their work over the period instead of all waking together.
     """
     loop = asyncio.get_running_loop()
-    start = loop.time() + rng.uniform(0.0, jitter_s)
-    n = 0
-    while await wait_stop(stop, start + n * period_s + (rng.uniform(0.0, jitter_s) if n else 0.0)):
-        yield start + n * period_s
-        n = max(n + 1, math.ceil((loop.time() - start) / period_s))
+    start = loop.time()
+    if not await wait_stop(stop, start + rng.uniform(0.0, jitter_s)):
+        return
+    yield start
+    grid = start + phase_s
+    n = max(1, math.ceil((loop.time() - grid) / period_s))
+    while await wait_stop(stop, grid + n * period_s + rng.uniform(0.0, jitter_s)):
+        yield grid + n * period_s
+        n = max(n + 1, math.ceil((loop.time() - grid) / period_s))
+
+
+def phase_of(project_id: str) -> float:
+    """A project's fixed place in [0, 1) of the poll interval: the same on every instance."""
+    digest = hashlib.blake2b(project_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2.0**64
 
 
 def _api_outcome(exc: ApiError) -> str:
@@ -213,6 +238,12 @@ class Scheduler:
         for warning in startup_warnings(config.redaction):
             log.warning("%s", warning)
         self._pool = asyncio.Semaphore(config.max_in_flight)
+        # Projects in a cycle (sweep, detail calls, commit) at once: enough to keep the pool
+        # busy, few enough that a first sweep of every project does not hold every job's
+        # rows and fresh snapshots in memory at the same time.
+        self._observing = asyncio.Semaphore(config.max_in_flight)
+        self._api_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._reconciled: dict[str, float] = {}  # project -> its last reconcile sweep (list mode)
         self._runners: dict[int, ShardRunner] = {}
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -346,13 +377,19 @@ class Scheduler:
         cfg = self.config
         loop = asyncio.get_running_loop()
         fast = min(cfg.transitional_interval_s, cfg.interval_s)
-        beats = ticks(cfg.interval_s, cfg.jitter_s, runner.stop, self._rng)
+        phase = phase_of(project_id) * cfg.interval_s
+        beats = ticks(cfg.interval_s, cfg.jitter_s, runner.stop, self._rng, phase_s=phase)
         async with contextlib.aclosing(beats):
             async for nominal in beats:
                 await self._poll(runner, project_id, full=True)
                 next_due = nominal + cfg.interval_s
-                # Between sweeps, jobs in transitional states get their own faster polls.
-                while runner.projects[project_id].transitional and loop.time() + fast < next_due:
+                # Between sweeps, jobs in transitional states get their own faster polls (not
+                # in sweep mode: there only a delete is ever confirmed with a detail call).
+                while (
+                    cfg.mode != "sweep"
+                    and runner.projects[project_id].transitional
+                    and loop.time() + fast < next_due
+                ):
                     if not await wait_stop(runner.stop, loop.time() + fast):
                         return
                     await self._poll(runner, project_id, full=False)
@@ -372,20 +409,10 @@ class Scheduler:
         self._watch_breaker(project)
 
     async def _cycle(self, runner: ShardRunner, cycle: Cycle, *, full: bool) -> str:
-        if full:
-            cycle.started = self._clock()
-            cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
-        fetch, confirm = self._decide(cycle, full=full)
-        requests = list(self._requests.get(cycle.project.project_id, {}).values())
-        if full and requests and cycle.rows is not None and self.config.mode == "list":
-            # a light row does not show config: a snapshot must be fresh, so fetch every target
-            fetch += sorted(set(self._targets(cycle, requests)) - set(fetch))
-        if cycle.rows is not None and self.config.mode == "sweep":
-            self._judge_rows(cycle)
-        await self._fetch_all(cycle, fetch, confirm)
-        answered = self._answer(cycle, requests) if full else []
-        through = cycle.observed_through() if full else None
-        committed = await self._commit(runner, cycle, through)
+        async with self._observing:  # until committed: what a cycle holds is bounded
+            answered = await self._observe(cycle, full=full)
+            through = cycle.observed_through() if full else None
+            committed = await self._commit(runner, cycle, through)
         if full:
             self._note_watermark(cycle, through if committed else None)
         if not committed:
@@ -397,6 +424,24 @@ class Scheduler:
             cycle.project.note_sweep(cycle.rows)
         return "incomplete" if full and cycle.rows is None else "ok"
 
+    async def _observe(self, cycle: Cycle, *, full: bool) -> list[SnapshotRequest]:
+        """Sweep, decide, fetch and judge; the re-snapshot requests this cycle answers."""
+        if full:
+            cycle.started = self._clock()
+            cycle.reconcile = self._reconcile_due(cycle.project.project_id, cycle.started)
+            cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
+            if cycle.reconcile and cycle.rows is not None:
+                self._reconciled[cycle.project.project_id] = cycle.started
+        fetch, confirm = self._decide(cycle, full=full)
+        requests = list(self._requests.get(cycle.project.project_id, {}).values())
+        if full and requests and cycle.rows is not None and self.config.mode == "list":
+            # a light row does not show config: a snapshot must be fresh, so fetch every target
+            fetch += sorted(set(self._targets(cycle, requests)) - set(fetch))
+        if cycle.rows is not None and self.config.mode == "sweep":
+            self._judge_rows(cycle)
+        await self._fetch_all(cycle, fetch, confirm)
+        return self._answer(cycle, requests) if full else []
+
     # --- sweep and decisions ---------------------------------------------------------------
 
     async def _sweep(self, cycle: Cycle) -> dict[int, JsonDict] | None:
@@ -404,8 +449,9 @@ class Scheduler:
         pid = cycle.project.project_id
         rows: dict[int, JsonDict] = {}
         started = time.perf_counter()
+        show_detail = self.config.mode == "sweep" or cycle.reconcile
         try:
-            async for page in self._api.iter_pages(pid, show_detail=self.config.mode == "sweep"):
+            async for page in self._api.iter_pages(pid, show_detail=show_detail):
                 self._api_done("list", "ok", started)
                 started = time.perf_counter()
                 for item in page:
@@ -445,15 +491,13 @@ class Scheduler:
         cfg, project = self.config, cycle.project
         rows = None
         if cycle.rows is not None:
-            rows = [
-                sweep.Row(jid, self._row_fp(cycle, jid, raw), raw.get("status"))
-                for jid, raw in cycle.rows.items()
-            ]
+            row = self._reconcile_row if cycle.reconcile else self._light_row
+            rows = [row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
         plan = sweep.plan(
             {jid: tracked.known for jid, tracked in project.watched().items()},
             rows,
             now=self._clock(),
-            reconcile_interval_s=cfg.reconcile_interval_s,
+            reconcile_interval_s=None,  # list mode reconciles a project at a time
             transitional_interval_s=cfg.transitional_interval_s,
             delete_after_misses=cfg.delete_after_misses,
         )
@@ -469,6 +513,33 @@ class Scheduler:
         else:  # detail: every job, every interval
             fetch = sorted(set(project.watched()) | set(cycle.rows or ()))
         return fetch, confirm
+
+    def _reconcile_due(self, project_id: str, now: float) -> bool:
+        """List mode: whether this sweep lists with ``show_detail=true`` to reconcile.
+
+        A light row does not show config edits; a detail row does, for one request per 100
+        jobs instead of a detail call per job. Each project reconciles once per
+        ``reconcile_interval_s``, at its own phase (the first one within the first interval).
+        """
+        if self.config.mode != "list":
+            return False
+        every = self.config.reconcile_interval_s
+        last = self._reconciled.setdefault(project_id, now - (1.0 - phase_of(project_id)) * every)
+        return now - last >= every
+
+    def _light_row(self, cycle: Cycle, job_id: int, raw: JsonDict) -> sweep.Row:
+        return sweep.Row(job_id, self._row_fp(cycle, job_id, raw), raw.get("status"))
+
+    def _reconcile_row(self, cycle: Cycle, job_id: int, raw: JsonDict) -> sweep.Row:
+        """A show_detail row against the job's last detail: the same means freshly observed
+        (no detail call); different (or never compared) means a detail call."""
+        tracked = cycle.project.jobs.get(job_id)
+        known = tracked.known.detail_fp if tracked is not None else None
+        same = known is not None and known == detail_fingerprint(raw, cycle.ignore, self._fp_key)
+        if same:
+            assert tracked is not None
+            tracked.touch(None, self._clock())
+        return sweep.Row(job_id, b"", raw.get("status"), same=same)
 
     def _row_fp(self, cycle: Cycle, job_id: int, raw: JsonDict) -> bytes:
         mode = self.config.mode
@@ -625,9 +696,7 @@ class Scheduler:
         doc = orjson.loads(snapshot)
         status = doc.get("status")
         change = JobChange(ChangeKind.SNAPSHOT, (), (), status, status, None, doc)
-        cycle.seen.append(
-            Seen(job_id, change, snapshot, fp, row_fp, observed, answers=request.request_id)
-        )
+        cycle.seen.append(Seen.of(job_id, change, fp, row_fp, observed, answers=request.request_id))
 
     def _mark(self, cycle: Cycle, through: float) -> events.OutRecord:
         return events.watermark(
@@ -674,8 +743,16 @@ class Scheduler:
     # --- bookkeeping -----------------------------------------------------------------------
 
     def _api_done(self, endpoint: str, outcome: str, started: float) -> None:
-        self.metrics.api_requests.labels(endpoint, outcome).inc()
-        self.metrics.api_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        children = self._api_metrics.get((endpoint, outcome))
+        if children is None:  # labels() takes a lock and builds a key: once per pair
+            children = (
+                self.metrics.api_requests.labels(endpoint, outcome),
+                self.metrics.api_seconds.labels(endpoint),
+            )
+            self._api_metrics[endpoint, outcome] = children
+        requests, seconds = children
+        requests.inc()
+        seconds.observe(time.perf_counter() - started)
         if outcome == "rate_limited":
             self.metrics.rate_limited.inc()
 

@@ -15,6 +15,7 @@ from bridge.diff import DEFAULT_IGNORE, without_ignored
 from bridge.models import JsonDict
 
 __all__ = [
+    "DETAIL_ROW_LACKS",
     "FAST_LANE_POLLS",
     "Known",
     "Plan",
@@ -25,6 +26,11 @@ __all__ = [
     "reconcile_due",
     "row_fingerprint",
 ]
+
+# A `show_detail=true` row lacks `user_name`, `root_id` (light-row and detail fields) and
+# `duration` (light rows only): compared with a detail, these are never looked at (sweep mode
+# ignores them; a list-mode reconcile compares the rest). See reference §1.3.
+DETAIL_ROW_LACKS: tuple[str, ...] = ("user_name", "root_id", "duration")
 
 # A job entering a transitional status gets this many fast detail polls, one every
 # ``transitional_interval_s``; a job that stays there longer (DLI jobs can sit in submitting
@@ -41,6 +47,7 @@ class Known:
     status: str | None
     misses: int = 0  # consecutive complete sweeps the job was absent from
     status_since: float | None = None  # epoch seconds it was first seen in ``status``
+    detail_fp: bytes | None = None  # of the last detail's fields a show_detail row shows too
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,7 @@ class Row:
     job_id: int
     fp: bytes
     status: str | None
+    same: bool | None = None  # decided by the caller (a reconcile row): None = compare ``fp``
 
 
 class Reason(enum.StrEnum):
@@ -82,7 +90,7 @@ def plan(
     rows: Sequence[Row] | None,
     *,
     now: float,
-    reconcile_interval_s: float,
+    reconcile_interval_s: float | None,
     transitional_interval_s: float,
     delete_after_misses: int,
 ) -> Plan:
@@ -90,6 +98,8 @@ def plan(
 
     An incomplete sweep says nothing about absence: it counts no miss and confirms no delete,
     and only brings known jobs up that are due for a transitional or reconcile fetch.
+    ``reconcile_interval_s=None``: no per-job reconcile (the engine's list mode reconciles a
+    whole project with one ``show_detail=true`` sweep instead).
     """
     fetch: dict[int, Reason] = {}
     if rows is None:
@@ -114,12 +124,12 @@ def plan(
 
 
 def _row_reason(
-    row: Row, job: Known | None, now: float, reconcile_s: float, transitional_s: float
+    row: Row, job: Known | None, now: float, reconcile_s: float | None, transitional_s: float
 ) -> Reason | None:
     if job is None:
         return Reason.NEW
-    if job.row_fp != row.fp:  # also when we never saw a row of it (row_fp None)
-        return Reason.CHANGED
+    if row.same is False or (row.same is None and job.row_fp != row.fp):
+        return Reason.CHANGED  # also when we never saw a row of it (row_fp None)
     return _due(row.job_id, job, row.status, now, reconcile_s, transitional_s)
 
 
@@ -128,7 +138,7 @@ def _due(
     job: Known,
     status: str | None,
     now: float,
-    reconcile_s: float,
+    reconcile_s: float | None,
     transitional_s: float,
 ) -> Reason | None:
     if job.detail_at is None:
@@ -139,7 +149,7 @@ def _due(
         and (job.status_since is None or now - job.status_since < FAST_LANE_POLLS * transitional_s)
     ):
         return Reason.TRANSITIONAL
-    if reconcile_due(job_id, job.detail_at, now, reconcile_s):
+    if reconcile_s is not None and reconcile_due(job_id, job.detail_at, now, reconcile_s):
         return Reason.RECONCILE
     return None
 

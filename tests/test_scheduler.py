@@ -17,7 +17,7 @@ import pytest
 from bridge.auth import NoAuth
 from bridge.client import DliClient, new_session
 from bridge.errors import SinkUnavailable
-from bridge.lifecycle import JobStatus
+from bridge.lifecycle import TRANSITIONAL, JobStatus
 from bridge.metrics import Metrics
 from bridge.redact import is_mask
 from bridge.scheduler import PollConfig, Scheduler, ticks
@@ -270,6 +270,36 @@ async def test_detail_calls_per_mode(make_simulator, mode, expect_detail):
     else:
         assert before == 0
         assert details == 0
+
+
+def _settle_transitional(sim: Simulator, pid: str) -> None:
+    """No job in a transitional state, so no fast-lane polls blur request counts."""
+    for job_id, job in sim.fleet.projects[pid].jobs.items():
+        if job.status.value in TRANSITIONAL:
+            sim.set_status(pid, job_id, JobStatus.RUNNING)
+
+
+async def test_list_mode_reconciles_with_detail_rows_not_a_call_per_job(make_simulator):
+    """A reconcile lists show_detail rows: unchanged jobs cost no detail call, and a config
+    edit the light row does not show is still found (one detail call, for that job)."""
+    async with make_simulator(projects=1, jobs_per_project=10) as (sim, url):
+        pid = sim.project_ids[0]
+        _settle_transitional(sim, pid)
+        async with engine(url, [pid], interval_s=0.1, reconcile_interval_s=0.3) as eng:
+            await until(lambda: len(eng.events()) >= 10, "discovered")
+            before = eng.requests(sim, "detail", pid)
+            await asyncio.sleep(1.0)  # three reconciles or more
+            idle_details = eng.requests(sim, "detail", pid) - before
+            job_id = max(sim.fleet.projects[pid].jobs)
+            cu = sim.fleet.get(pid, job_id).cu_number
+            sim.update_job(pid, job_id, job_config={"cu_number": cu + 1})  # not in a light row
+            await until(lambda: len(eng.of_job(pid, job_id)) >= 2, "the edit, found")
+            edit_details = eng.requests(sim, "detail", pid) - before - idle_details
+            updated = eng.of_job(pid, job_id)[-1]["data"]
+    assert idle_details == 0  # three sweeps of ten jobs: 30 calls if reconcile fetched each
+    assert updated["kind"] == "updated"
+    assert "/job_config/cu_number" in updated["changed"]
+    assert 1 <= edit_details <= 2
 
 
 async def test_unchanged_detail_bodies_are_not_parsed(make_simulator, monkeypatch):
