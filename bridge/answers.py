@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import yarl
 from multidict import CIMultiDictProxy
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bridge.errors import (
     ApiError,
@@ -23,7 +23,6 @@ from bridge.errors import (
     MalformedResponse,
     RateLimited,
 )
-from bridge.models import ApiModel
 
 __all__ = [
     "JOB_NOT_FOUND_CODE",
@@ -47,7 +46,7 @@ _GATEWAY_THROTTLED = "0308"
 _MESSAGE_LIMIT = 300
 _IAM_MESSAGE_LIMIT = 200
 
-R = TypeVar("R", bound=ApiModel)
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,15 +39,17 @@ from bridge.models import (
     JobDetailResponse,
     JobListItem,
     JobListResponse,
+    JobRow,
+    JobRowsResponse,
     Project,
     ProjectListResponse,
 )
-from bridge.paging import PageScan
+from bridge.paging import PageScan, Row
 from bridge.ratelimit import BucketGroup
 from bridge.retry import Backoff, Clock, Sleep, parse_retry_after
 from bridge.settings import ApiSettings
 
-__all__ = ["DliClient", "new_session", "parse_job_body"]
+__all__ = ["DliClient", "check_row", "new_session", "parse_job_body"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,17 @@ def parse_job_body(
     where = yarl.URL(url) if url is not None else _job_path(project_id, job_id)
     call = Call("GET", where, project_id, job_id)
     return _parse_detail(Answer(200, body, None, None), call)
+
+
+def check_row(raw: dict[str, Any], *, project_id: str, job_id: int) -> None:
+    """Validate a (lean-read) list row as a whole ``JobListItem`` before it becomes a snapshot;
+    raises ``MalformedResponse`` carrying the row as its body. Pure."""
+    call = Call("GET", _jobs_path(project_id), project_id, job_id)
+    validate(JobListItem, raw, Answer(200, orjson.dumps(raw), None, None), call)
+
+
+def _jobs_path(project_id: str) -> yarl.URL:
+    return yarl.URL.build(path=f"/v1.0/{project_id}/streaming/jobs")
 
 
 def _job_path(project_id: str, job_id: int | str) -> yarl.URL:
@@ -188,6 +201,11 @@ class DliClient:
         """Each project's breaker state, for health and metrics."""
         return {name: breaker.state for name, breaker in self._breakers.items()}
 
+    def breaker_state(self, project_id: str) -> BreakerState:
+        """One project's breaker state (closed for a project never called)."""
+        breaker = self._breakers.get(project_id)
+        return BreakerState.CLOSED if breaker is None else breaker.state
+
     # --- public calls -----------------------------------------------------------------------
 
     async def get_job(self, project_id: str, job_id: int | str) -> Fetched[JobDetail]:
@@ -221,7 +239,7 @@ class DliClient:
             rows.extend(page)
         return rows
 
-    async def iter_pages(
+    def iter_pages(
         self,
         project_id: str,
         *,
@@ -230,12 +248,28 @@ class DliClient:
         **filters: str | int | bool,
     ) -> AsyncIterator[list[Fetched[JobListItem]]]:
         """The job rows of a project, page by page, each job once (see PageScan)."""
+        query = _list_query(show_detail, filters)
+        return self._pages(project_id, query, page_size, self._list_page)
+
+    def iter_rows(
+        self, project_id: str, *, show_detail: bool = False
+    ) -> AsyncIterator[list[Fetched[JobRow]]]:
+        """``iter_pages`` for the engine: each row validated only as far as ``JobRow`` (the
+        raw row is whole; validate it as ``JobListItem`` before using it as a snapshot)."""
+        query = _list_query(show_detail, {})
+        return self._pages(project_id, query, None, self._row_page)
+
+    async def _pages(
+        self,
+        project_id: str,
+        query: dict[str, str],
+        page_size: int | None,
+        read: Callable[[str, dict[str, str]], Awaitable[list[Fetched[Row]]]],
+    ) -> AsyncIterator[list[Fetched[Row]]]:
         scan = PageScan(page_size or self.settings.page_size, project_id)
-        query = {k: _query_value(v) for k, v in filters.items()}
-        query |= {"order": "asc", "show_detail": _query_value(show_detail)}
         while scan.offset is not None:
             query |= {"offset": str(scan.offset), "limit": str(scan.limit)}
-            fresh = scan.take(await self._list_page(project_id, query))
+            fresh = scan.take(await read(project_id, query))
             if fresh:
                 yield fresh
         if scan.step_backs:
@@ -260,13 +294,13 @@ class DliClient:
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         body = validate(JobListResponse, doc, answer, call)
-        check_success(body.is_success, body.message, answer, call)
-        if body.job_list is None:
-            # An answer without a list must not read as "every job is gone".
-            raise malformed("no job_list in the answer", answer, call)
-        models = body.job_list.jobs or []
-        raws = doc["job_list"]["jobs"] or []
-        return [Fetched(raw=r, model=m) for r, m in zip(raws, models, strict=True)]
+        return _rows(doc, body, answer, call)
+
+    async def _row_page(self, project_id: str, query: dict[str, str]) -> list[Fetched[JobRow]]:
+        call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
+        doc, answer = await self._get_json(call)
+        body = validate(JobRowsResponse, doc, answer, call)
+        return _rows(doc, body, answer, call)
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)
@@ -380,6 +414,24 @@ class DliClient:
 
 
 # --- pure helpers ---------------------------------------------------------------------------
+
+
+def _list_query(show_detail: bool, filters: Mapping[str, str | int | bool]) -> dict[str, str]:
+    query = {k: _query_value(v) for k, v in filters.items()}
+    return query | {"order": "asc", "show_detail": _query_value(show_detail)}
+
+
+def _rows(
+    doc: dict[str, Any], body: JobListResponse | JobRowsResponse, answer: Answer, call: Call
+) -> list[Fetched[Any]]:
+    """A validated list page's rows, each with its raw dict."""
+    check_success(body.is_success, body.message, answer, call)
+    if body.job_list is None:
+        # An answer without a list must not read as "every job is gone".
+        raise malformed("no job_list in the answer", answer, call)
+    models = body.job_list.jobs or []
+    raws = doc["job_list"]["jobs"] or []
+    return [Fetched(raw=r, model=m) for r, m in zip(raws, models, strict=True)]
 
 
 def _join(base: yarl.URL, *segments: str) -> yarl.URL:

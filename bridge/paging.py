@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from bridge.errors import ApiUnavailable
-from bridge.models import Fetched, JobListItem
+from bridge.models import Fetched, JobListItem, JobRow
 from bridge.settings import MAX_PAGE_SIZE
 
 __all__ = ["MAX_STEP_BACKS", "PageScan"]
+
+Row = TypeVar("Row", JobListItem, JobRow)
 
 # Each step back re-reads one page; this many in one sweep means the list churns faster than
 # we can read it, and the sweep is better retried later than continued.
@@ -36,7 +39,7 @@ class PageScan:
     def __repr__(self) -> str:
         return f"<PageScan offset={self.offset} seen={len(self._seen)} back={self.step_backs}>"
 
-    def take(self, rows: Sequence[Fetched[JobListItem]]) -> list[Fetched[JobListItem]]:
+    def take(self, rows: Sequence[Fetched[Row]]) -> list[Fetched[Row]]:
         """Feed the page read at ``offset``; return its rows not taken before."""
         at = self.offset
         if at is None:

@@ -28,7 +28,7 @@ from prometheus_client import Counter, Histogram
 
 from bridge import events, sweep
 from bridge.breaker import BreakerState
-from bridge.client import parse_job_body
+from bridge.client import check_row, parse_job_body
 from bridge.diff import ChangeKind, JobChange, without_ignored
 from bridge.errors import (
     ApiError,
@@ -40,7 +40,7 @@ from bridge.errors import (
 )
 from bridge.filters import FilterSettings, JobFilter
 from bridge.metrics import Metrics
-from bridge.models import Fetched, JobListItem, JsonDict
+from bridge.models import Fetched, JobRow, JsonDict
 from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
 from bridge.settings import AuthSettings, Settings
 from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
@@ -76,13 +76,13 @@ SWEEP_ONLY_DIFFER = sweep.DETAIL_ROW_LACKS
 class JobApi(Protocol):
     """What the scheduler asks of DLI (``DliClient`` in production)."""
 
-    def iter_pages(
+    def iter_rows(
         self, project_id: str, *, show_detail: bool = False
-    ) -> AsyncIterator[list[Fetched[JobListItem]]]: ...
+    ) -> AsyncIterator[list[Fetched[JobRow]]]: ...
 
     async def get_job_body(self, project_id: str, job_id: int) -> bytes: ...
 
-    def breaker_states(self) -> Mapping[str, BreakerState]: ...
+    def breaker_state(self, project_id: str) -> BreakerState: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +451,7 @@ class Scheduler:
         started = time.perf_counter()
         show_detail = self.config.mode == "sweep" or cycle.reconcile
         try:
-            async for page in self._api.iter_pages(pid, show_detail=show_detail):
+            async for page in self._api.iter_rows(pid, show_detail=show_detail):
                 self._api_done("list", "ok", started)
                 started = time.perf_counter()
                 for item in page:
@@ -567,10 +567,20 @@ class Scheduler:
     # --- observing jobs --------------------------------------------------------------------
 
     def _judge_rows(self, cycle: Cycle) -> None:
-        """Sweep mode: each show_detail row is the job's snapshot."""
+        """Sweep mode: each show_detail row is the job's snapshot (validated whole first,
+        when it differs from what we have: the sweep read it only as far as ``JobRow``)."""
         observed = self._clock()
+        pid = cycle.project.project_id
         for job_id, raw in (cycle.rows or {}).items():
-            cycle.judge(job_id, raw, cycle.row_fps[job_id], observed)
+            fp = cycle.row_fps[job_id]
+            if cycle.unchanged(job_id, fp, observed):
+                continue
+            try:
+                check_row(raw, project_id=pid, job_id=job_id)
+            except MalformedResponse as exc:
+                cycle.dead_letter(job_id, exc, observed)
+                continue
+            cycle.judge(job_id, raw, fp, observed)
 
     async def _fetch_all(
         self, cycle: Cycle, job_ids: Sequence[int], confirm: frozenset[int]
@@ -757,7 +767,7 @@ class Scheduler:
             self.metrics.rate_limited.inc()
 
     def _watch_breaker(self, project: ProjectState) -> None:
-        state = self._api.breaker_states().get(project.project_id, BreakerState.CLOSED)
+        state = self._api.breaker_state(project.project_id)
         if state is project.last_breaker:
             return
         log.warning("project %s: breaker %s -> %s", project.project_id, project.last_breaker, state)

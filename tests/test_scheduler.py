@@ -325,18 +325,24 @@ async def test_unchanged_detail_bodies_are_not_parsed(make_simulator, monkeypatc
 # --- bad answers and failures -----------------------------------------------------------------
 
 
-async def test_malformed_bodies_become_one_dead_letter_each_and_state_stays(make_simulator):
+@pytest.mark.parametrize("mode", ["detail", "sweep"])
+async def test_malformed_bodies_become_one_dead_letter_each_and_state_stays(make_simulator, mode):
+    """In sweep mode the broken thing is one row of a page: that job is dead-lettered, the
+    page's other jobs go on."""
     async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
         pid = sim.project_ids[0]
-        job_id = min(sim.fleet.projects[pid].jobs)
-        async with engine(url, [pid], mode="detail") as eng:
+        job_id, other = sorted(sim.fleet.projects[pid].jobs)[:2]
+        async with engine(url, [pid], mode=mode) as eng:
             await until(lambda: len(eng.events()) >= 3, "discovered")
-            # every detail body of this job now fails validation, the same way each time
+            # every view of this job now fails validation, the same way each time
             sim.update_job(pid, job_id, desc="new", job_config={"smn_topic": ["not", "text"]})
             await asyncio.sleep(1.0)
+            sim.update_job(pid, other, desc="still watched")
+            await until(lambda: len(eng.of_job(pid, other)) >= 2, "the other job's update")
             dead = eng.dead_letters()
             events = eng.of_job(pid, job_id)
     assert len(dead) == 1, dead
+    assert dead[0]["job_id"] == job_id
     assert kinds(events) == ["discovered"]  # state did not move past the broken body
     dead_metric = eng.metrics.dead_letters
     assert dead_metric.labels("invalid")._value.get() == 1  # what happened, not "malformed"
