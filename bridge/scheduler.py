@@ -39,6 +39,7 @@ from bridge.errors import (
     RateLimited,
 )
 from bridge.filters import FilterSettings, JobFilter
+from bridge.memory import Trimmer
 from bridge.metrics import Metrics
 from bridge.models import Fetched, JobRow, JsonDict
 from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
@@ -244,6 +245,7 @@ class Scheduler:
         self._observing = asyncio.Semaphore(config.max_in_flight)
         self._api_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._reconciled: dict[str, float] = {}  # project -> its last reconcile sweep (list mode)
+        self._trimmer = Trimmer()  # gives a first sweep's transient memory back
         self._runners: dict[int, ShardRunner] = {}
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -268,6 +270,7 @@ class Scheduler:
             for runner in self._runners.values():
                 runner.stop.set()
         self._group = None
+        self._trimmer.cancel()
 
     def stop(self) -> None:
         """Start no new cycle; running ones finish and every shard closes."""
@@ -662,6 +665,7 @@ class Scheduler:
                 self.metrics.transactions.labels("failed").inc()
                 return False
             self.metrics.transactions.labels("committed").inc()
+            self._trimmer.after_write(len(piece))
             cycle.project.commit(piece, [key for key, _ in dead])
             self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
             dead = []

@@ -1,0 +1,32 @@
+"""The heap trimmer: one trim shortly after large writes, none for small ones."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.memory import Trimmer, _malloc_trim
+
+
+async def test_large_writes_share_one_trim_and_small_ones_none():
+    trimmer = Trimmer(min_jobs=10, delay_s=0.05)
+    if _malloc_trim() is None:
+        pytest.fail("this suite runs on glibc Linux; malloc_trim must be found")
+    assert trimmer.after_write(5) is False  # small: nothing scheduled
+    assert trimmer.after_write(10) is True
+    assert trimmer.after_write(500) is True  # joins the pending trim
+    await asyncio.sleep(0.15)
+    assert trimmer.trims == 1
+    assert trimmer.after_write(100) is True  # a later large write: a new trim
+    await asyncio.sleep(0.15)
+    assert trimmer.trims == 2
+    assert "glibc" in repr(trimmer)
+
+
+async def test_cancel_drops_a_pending_trim():
+    trimmer = Trimmer(min_jobs=1, delay_s=0.05)
+    trimmer.after_write(1)
+    trimmer.cancel()
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 0
