@@ -23,7 +23,7 @@ from bridge.bench.report import (
 from bridge.bench.run import BridgeSpec, bridge_toml, sample
 from bridge.settings import Settings
 
-ROWS = ("bare loop", "sdk loop", "bridge detail", "bridge list", "bridge sweep")
+ROWS = ("bare loop", "bare paced", "sdk loop", "bridge detail", "bridge list", "bridge sweep")
 
 
 @pytest.mark.integration
@@ -90,16 +90,22 @@ def test_only_changes_that_stood_a_whole_interval_are_observable():
     assert [c["at"] for c in observable(changes, 5_000)] == [1_500, 9_000, 1_200]
 
 
-def test_targets_judge_detail_cpu_against_both_loops():
+def test_targets_judge_detail_cpu_against_the_paced_loop_and_the_sdk():
     rows = [
-        Row("bare loop", 10, 1000.0, 100.0, 0.1),
+        Row("bare loop", 10, 1000.0, 60.0, 0.1),  # flat out: cheaper per request
+        Row("bare paced", 10, 10.0, 100.0, 0.001),
         Row("sdk loop", 10, 800.0, 1200.0, 1.0),
         Row("bridge detail", 10, 10.0, 110.0, 0.001, p99_ms=900.0, interval_s=1.0),
     ]
     found = {t.name: t for t in targets(rows, [])}
-    assert found["detail CPU/poll ≤ 1.3 x bare and ≤ 0.1 x SDK"].met is True
+    detail = found["detail CPU/poll ≤ 1.3 x bare and ≤ 0.1 x SDK"]
+    assert detail.met is True
+    assert "1.10 x bare on the same schedule" in detail.figure
+    assert "1.83 x bare flat out" in detail.figure
     assert found["bridge detail: change-to-commit p99 ≤ interval + 200 ms"].met is True
     assert "bridge detail" in table(rows)
+    rows[1] = Row("bare paced", 10, 10.0, 80.0, 0.001)
+    assert {t.name: t for t in targets(rows, [])}[detail.name].met is False
 
 
 def test_targets_read_the_sweep_for_scale_figures():

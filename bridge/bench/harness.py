@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 
 from bridge.bench import kafka as benchkafka
-from bridge.bench.loops import LoopFigures, Target, run_loop
+from bridge.bench.loops import LoopFigures, Schedule, Target, run_loop
 from bridge.bench.report import (
     Row,
     SweepPoint,
@@ -242,13 +242,17 @@ async def _loops(config: BenchConfig, fleet: Fleet, say: Say) -> list[Row]:
 
     targets = await fleet.targets(fleet.project_ids)
     rows = []
-    loops = [("bare", "bare loop"), ("sdk", "sdk loop")]
+    loops = [("bare", "bare loop"), ("paced", "bare paced"), ("sdk", "sdk loop")]
     if importlib.util.find_spec("huaweicloudsdkdli") is None:
         say("no sdk loop: install the official SDK with `pip install 'dli-bridge[bench]'`")
         loops.pop()
+    # the bridge's own pacing in detail mode (see PollConfig.from_settings)
+    schedule = Schedule(config.interval_s, max(1, config.concurrency // 4))
     for kind, name in loops:
         say(f"measuring the {name} ({config.concurrency} at once, {config.duration_s:g} s)…")
-        figures = await run_loop(kind, fleet.url, targets, config.concurrency, config.duration_s)
+        figures = await run_loop(
+            kind, fleet.url, targets, config.concurrency, config.duration_s, schedule
+        )
         row = _loop_row(name, figures)
         row.jobs = len(targets)
         rows.append(row)

@@ -239,17 +239,21 @@ def _find(rows: Sequence[Row], name: str) -> Row | None:
 
 
 def _detail_target(rows: Sequence[Row]) -> Target:
+    """Against the bare loop on the bridge's own schedule (the same requests at the same
+    rate), with the flat-out bare loop and the SDK shown beside it."""
     name = "detail CPU/poll ≤ 1.3 x bare and ≤ 0.1 x SDK"
-    bridge, bare, sdk = (_find(rows, n) for n in ("bridge detail", "bare loop", "sdk loop"))
-    if bridge is None or bare is None or sdk is None:
-        return Target(name, "needs the detail, bare and sdk rows", None)
-    vs_bare = bridge.cpu_us_per_poll / bare.cpu_us_per_poll
-    vs_sdk = bridge.cpu_us_per_poll / sdk.cpu_us_per_poll
+    found = (_find(rows, n) for n in ("bridge detail", "bare paced", "bare loop", "sdk loop"))
+    bridge, paced, flat, sdk = found
+    if bridge is None or paced is None or flat is None or sdk is None:
+        return Target(name, "needs the detail, bare, bare paced and sdk rows", None)
+    us = bridge.cpu_us_per_poll
+    vs_paced, vs_flat, vs_sdk = (us / r.cpu_us_per_poll for r in (paced, flat, sdk))
     figure = (
-        f"{bridge.cpu_us_per_poll:.0f} µs = {vs_bare:.2f} x bare ({bare.cpu_us_per_poll:.0f} µs)"
-        f", {vs_sdk:.3f} x SDK ({sdk.cpu_us_per_poll:.0f} µs)"
+        f"{us:.0f} µs = {vs_paced:.2f} x bare on the same schedule ({paced.cpu_us_per_poll:.0f}"
+        f" µs), {vs_flat:.2f} x bare flat out ({flat.cpu_us_per_poll:.0f} µs), {vs_sdk:.3f} x"
+        f" SDK flat out ({sdk.cpu_us_per_poll:.0f} µs)"
     )
-    return Target(name, figure, vs_bare <= 1.3 and vs_sdk <= 0.1)
+    return Target(name, figure, vs_paced <= 1.3 and vs_sdk <= 0.1)
 
 
 def _memory_target(points: Sequence[SweepPoint], rows: Sequence[Row]) -> Target:
