@@ -94,7 +94,7 @@ class PollConfig:
     interval_s: float = 30.0
     transitional_interval_s: float = 5.0
     reconcile_interval_s: float = 600.0
-    delete_after_misses: int = 2
+    delete_after_misses: int = 1
     ignore: tuple[str, ...] = ("duration",)
     jitter_s: float = 1.0
     max_in_flight: int = 32

@@ -76,7 +76,9 @@ MAX_PAGE_SIZE = 100  # DLI caps `limit` at 100 per call (reference §1.1)
 DEFAULT_POLL_INTERVAL_S = 30.0
 DEFAULT_TRANSITIONAL_INTERVAL_S = 5.0
 DEFAULT_RECONCILE_INTERVAL_S = 600.0
-DEFAULT_DELETE_AFTER_MISSES = 2
+# One miss is enough: the detail call that confirms a delete is the authority (DLI.16001),
+# so a flaky list costs a detail call, never a false delete; a second miss only delayed it.
+DEFAULT_DELETE_AFTER_MISSES = 1
 DEFAULT_IGNORE_FIELDS: Final = ("duration",)  # = diff.DEFAULT_IGNORE; settings stay import-light
 DEFAULT_JITTER_S = 1.0
 DEFAULT_DRAIN_S = 10.0
