@@ -90,6 +90,14 @@ def test_only_changes_that_stood_a_whole_interval_are_observable():
     assert [c["at"] for c in observable(changes, 5_000)] == [1_500, 9_000, 1_200]
 
 
+def test_a_change_replaced_in_the_same_millisecond_is_not_observable():
+    changes = [
+        {"seq": 2, "project_id": "p", "job_id": 1, "status_after": "b", "at": 1_000},
+        {"seq": 1, "project_id": "p", "job_id": 1, "status_after": "a", "at": 1_000},
+    ]
+    assert [c["seq"] for c in observable(changes, 5_000)] == [2]
+
+
 def test_targets_judge_detail_cpu_against_the_paced_loop_and_the_sdk():
     rows = [
         Row("bare loop", 10, 1000.0, 60.0, 0.1),  # flat out: cheaper per request

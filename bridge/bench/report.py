@@ -128,20 +128,21 @@ def observable(changes: Sequence[Mapping[str, Any]], stable_ms: int) -> list[Map
     Polling cannot see a state that came and went between two polls, so only a change that
     stood for at least one interval (plus jitter) can be asked of the bridge; the others
     show up, if at all, folded into a later event (flagged ``possibly_missed``).
+    Changes are taken in log order (``seq``): one step may change a job twice in the same
+    millisecond, and the first of the two was never visible.
     """
-    by_job: dict[tuple[str, int], list[int]] = {}
-    for change in changes:
-        by_job.setdefault((str(change["project_id"]), int(change["job_id"])), []).append(
-            int(change["at"])
-        )
-    for times in by_job.values():
-        times.sort()
+    changes = sorted(changes, key=lambda c: int(c.get("seq", 0)))  # stable: log order kept
+    following: dict[int, int] = {}  # index -> time of the same job's next change
+    last: dict[tuple[str, int], int] = {}
+    for index, change in enumerate(changes):
+        job = (str(change["project_id"]), int(change["job_id"]))
+        if job in last:
+            following[last[job]] = int(change["at"])
+        last[job] = index
     out = []
-    for change in changes:
-        times = by_job[(str(change["project_id"]), int(change["job_id"]))]
-        at = int(change["at"])
-        later = times[bisect.bisect_right(times, at) :]
-        if not later or later[0] - at >= stable_ms:
+    for index, change in enumerate(changes):
+        after = following.get(index)
+        if after is None or after - int(change["at"]) >= stable_ms:
             out.append(change)
     return out
 
