@@ -55,6 +55,7 @@ from bridge.tracking import (
     batch,
     chunks,
     detail_fingerprint,
+    detail_view,
     fingerprint,
     utc,
 )
@@ -535,12 +536,23 @@ class Scheduler:
 
     def _reconcile_row(self, cycle: Cycle, job_id: int, raw: JsonDict) -> sweep.Row:
         """A show_detail row against the job's last detail: the same means freshly observed
-        (no detail call); different (or never compared) means a detail call."""
+        (no detail call); different means a detail call.
+
+        A job restored from state has no detail fingerprint yet (it is not in state records):
+        its row is compared, redacted, with its remembered snapshot instead, so a shard taken
+        over does not cost a detail call per job at its first reconcile.
+        """
         tracked = cycle.project.jobs.get(job_id)
-        known = tracked.known.detail_fp if tracked is not None else None
-        same = known is not None and known == detail_fingerprint(raw, cycle.ignore, self._fp_key)
+        if tracked is None:
+            return sweep.Row(job_id, b"", raw.get("status"), same=False)  # new: fetched
+        known = tracked.known
+        fp = detail_fingerprint(raw, cycle.ignore, self._fp_key)
+        if known.detail_fp is None:
+            remembered = detail_view(cycle.remembered(tracked), cycle.ignore)
+            if detail_view(cycle.redact(raw), cycle.ignore) == remembered:
+                known.detail_fp = fp
+        same = known.detail_fp == fp
         if same:
-            assert tracked is not None
             tracked.touch(None, self._clock())
         return sweep.Row(job_id, b"", raw.get("status"), same=same)
 

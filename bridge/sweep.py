@@ -17,6 +17,7 @@ from bridge.models import JsonDict
 __all__ = [
     "DETAIL_ROW_LACKS",
     "FAST_LANE_POLLS",
+    "SINCE_BEFORE",
     "Known",
     "Plan",
     "Reason",
@@ -32,6 +33,10 @@ __all__ = [
 # ignores them; a list-mode reconcile compares the rest). See reference §1.3.
 DETAIL_ROW_LACKS: tuple[str, ...] = ("user_name", "root_id", "duration")
 
+# ``Known.status_since`` of a job found already in its status (the first sweep): it may have
+# sat there for hours, so it gets no fast lane; the lane is for moves the bridge saw happen.
+SINCE_BEFORE = 0.0
+
 # A job entering a transitional status gets this many fast detail polls, one every
 # ``transitional_interval_s``; a job that stays there longer (DLI jobs can sit in submitting
 # for hours) falls back to the list sweep, whose row shows its status, and the reconcile.
@@ -46,7 +51,7 @@ class Known:
     detail_at: float | None  # epoch seconds of the last detail fetch (None = never)
     status: str | None
     misses: int = 0  # consecutive complete sweeps the job was absent from
-    status_since: float | None = None  # epoch seconds it was first seen in ``status``
+    status_since: float | None = None  # epoch seconds it entered ``status`` (see SINCE_BEFORE)
     detail_fp: bytes | None = None  # of the last detail's fields a show_detail row shows too
 
 

@@ -23,7 +23,7 @@ import orjson
 
 from bridge import events, lifecycle, sweep
 from bridge.breaker import BreakerState
-from bridge.diff import JobChange, diff
+from bridge.diff import ChangeKind, JobChange, diff
 from bridge.errors import MalformedResponse
 from bridge.models import JsonDict
 from bridge.redact import Redactor
@@ -37,6 +37,7 @@ __all__ = [
     "batch",
     "chunks",
     "detail_fingerprint",
+    "detail_view",
     "fingerprint",
     "pack",
     "restore",
@@ -57,11 +58,15 @@ def fingerprint(data: bytes, key: bytes = b"") -> bytes:
     return hashlib.blake2b(data, digest_size=16, key=key).digest()
 
 
+def detail_view(doc: JsonDict, ignore: Collection[str]) -> JsonDict:
+    """What a ``show_detail=true`` list row and a detail both show of a job, ignored fields
+    left out: equal for the row and the detail of an unchanged job."""
+    return {k: v for k, v in doc.items() if k not in ignore and k not in sweep.DETAIL_ROW_LACKS}
+
+
 def detail_fingerprint(doc: JsonDict, ignore: Collection[str], key: bytes = b"") -> bytes:
-    """The fingerprint of what a ``show_detail=true`` list row and a detail both show of a
-    job (ignored fields left out): equal for the row and the detail of an unchanged job."""
-    view = {k: v for k, v in doc.items() if k not in ignore and k not in sweep.DETAIL_ROW_LACKS}
-    return fingerprint(orjson.dumps(view, option=orjson.OPT_SORT_KEYS), key)
+    """The keyed fingerprint of ``detail_view(doc)``."""
+    return fingerprint(orjson.dumps(detail_view(doc, ignore), option=orjson.OPT_SORT_KEYS), key)
 
 
 def pack(snapshot: bytes) -> bytes:
@@ -224,7 +229,9 @@ class ProjectState:
                 continue
             status = _interned(seen.change.status_after)
             known = tracked.known if tracked is not None else sweep.Known(None, None, None)
-            if tracked is None or known.status != status:
+            if seen.change.kind is ChangeKind.DISCOVERED:
+                known.status_since = sweep.SINCE_BEFORE  # in it since before we looked
+            elif tracked is None or known.status != status:
                 known.status_since = seen.observed_at
             known.status, known.detail_at = status, seen.observed_at
             if seen.row_fp is not None:

@@ -302,6 +302,28 @@ async def test_list_mode_reconciles_with_detail_rows_not_a_call_per_job(make_sim
     assert 1 <= edit_details <= 2
 
 
+async def test_a_restored_shard_reconciles_without_a_detail_call_per_job(make_simulator):
+    """Restored jobs have no detail fingerprint: their first reconcile compares the row with
+    the remembered snapshot instead of fetching every job again (a rebalance's cost)."""
+    async with make_simulator(projects=1, jobs_per_project=10) as (sim, url):
+        pid = sim.project_ids[0]
+        _settle_transitional(sim, pid)
+        async with engine(url, [pid], interval_s=0.1, reconcile_interval_s=0.3) as eng:
+            await until(lambda: len(eng.events()) >= 10, "discovered")
+            shard = shard_of(pid, PARTITIONS)
+            await eng.scheduler.stop_shard(shard)
+            eng.scheduler.start_shard(shard, generation=1)  # restored from the state topic
+            await until(lambda: eng.scheduler.shard_status().get(shard) == "ready", "restored")
+            before = eng.requests(sim, "detail", pid)
+            await asyncio.sleep(1.0)  # three reconciles or more
+            idle_details = eng.requests(sim, "detail", pid) - before
+            job_id = max(sim.fleet.projects[pid].jobs)
+            sim.update_job(pid, job_id, desc="edited after the restore")
+            await until(lambda: len(eng.of_job(pid, job_id)) >= 2, "the edit, found")
+    assert idle_details == 0
+    assert "/desc" in eng.of_job(pid, job_id)[-1]["data"]["changed"]
+
+
 async def test_unchanged_detail_bodies_are_not_parsed(make_simulator, monkeypatch):
     from bridge.client import parse_job_body as real
 
