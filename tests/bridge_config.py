@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["bridge_config", "to_toml", "write_config"]
+__all__ = ["bridge_config", "merged", "to_toml", "write_config"]
 
 Table = dict[str, Any]
 
@@ -90,14 +90,25 @@ def write_config(
     return path
 
 
+def merged(*layers: Mapping[str, Any]) -> Table:
+    """``layers`` of overrides merged, later ones winning, into new tables: one override
+    for a caller that has several (a test module's, then one child's)."""
+    config: Table = {}
+    for layer in layers:
+        _merge(config, layer)
+    return config
+
+
 def _merge(into: Table, overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+        if isinstance(value, Mapping):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
+            _merge(into[key], value)  # a copy: nothing of ``overrides`` is shared
         elif value is None:
             into.pop(key, None)
         else:
-            into[key] = dict(value) if isinstance(value, Mapping) else value
+            into[key] = value
 
 
 def to_toml(config: Mapping[str, Any], prefix: str = "") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -15,8 +15,16 @@ from aiokafka.structs import ConsumerRecord
 from bridge.app import App
 from bridge.settings import Settings
 from bridge.simulator import SECRETS, jdbc_password
+from tests.bridge_procs import windows_ms
 from tests.kafka_fixtures import eventually, read_records, unique_name
-from tests.test_app import bridge_environ, drive, wait_ready
+from tests.test_app import (
+    _brief,
+    _matched,
+    _superseded_while_paused,
+    bridge_environ,
+    drive,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +110,8 @@ async def test_no_secret_reaches_any_topic_and_a_changed_password_is_an_update(
     assert change["before"]["sql_body"] != change["after"]["sql_body"]
 
 
-def _ms(text: str) -> float:
+def epoch_ms(text: str) -> float:
+    """An ISO 8601 time (``observed_at``, ``observed_through``) in epoch milliseconds."""
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
@@ -112,41 +121,73 @@ def watermark_problems(
     marks: Sequence[ConsumerRecord[bytes, bytes]],
     events: Sequence[ConsumerRecord[bytes, bytes]],
     truth: Sequence[Any],
-    interval_ms: float,
+    *,
+    interval_s: float,
+    window_ms: Mapping[str, float],
+    paused_ms: Sequence[tuple[float, float]] = (),
 ) -> tuple[int, list[str]]:
-    """For each watermark: every job's last change older than observed_through minus one
-    interval is reported (or superseded by a reported later change) by an event committed no
-    later than the watermark (record timestamps: one producer per shard, sequential writes)."""
-    from tests.test_app import _matched
+    """Per watermark and job: what a read_committed reader has when it reads the watermark
+    (the job's events committed no later: record times, one host's clock, a cycle's events
+    before its watermark in one transaction) against the changes older than its horizon,
+    ``observed_through`` minus one interval (``interval_s``).
 
+    - The job's last event shows the state it had at the horizon, or a later one: the
+      reader's view is not behind the horizon. (A change that came and went while no
+      instance polled, running -> savepointing -> running, shows as no event or an update.)
+    - Every change that stayed the job's state longer than its kind's window (``window_ms``)
+      is reported, as ``test_app.compare`` has it, except one superseded while no instance
+      polled (``paused_ms``: a rebalance, a killed owner's session, a restart).
+    """
+    changes: dict[tuple[str, int], list[Any]] = {}
+    for change in truth:
+        changes.setdefault((change.project_id, change.job_id), []).append(change)
+    published: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
+    for record in events:
+        data = orjson.loads(record.value)["data"]
+        published.setdefault((data["project_id"], data["job_id"]), []).append(
+            (record.timestamp, data)
+        )
     problems, checked = [], 0
     for mark in marks:
         wm = orjson.loads(mark.value)
-        horizon = _ms(wm["observed_through"]) - interval_ms
-        seen: dict[int, list[Any]] = {}
-        for record in events:
-            data = orjson.loads(record.value)["data"]
-            if data["project_id"] == wm["project_id"] and record.timestamp <= mark.timestamp:
-                seen.setdefault(data["job_id"], []).append(data)
-        per_job: dict[int, list[Any]] = {}
-        for change in truth:
-            if change.project_id == wm["project_id"]:
-                per_job.setdefault(change.job_id, []).append(change)
-        for job_id, changes in per_job.items():
-            due = [i for i, c in enumerate(changes) if c.at < horizon]
-            if not due:
+        horizon = epoch_ms(wm["observed_through"]) - interval_s * 1000
+        for (pid, job_id), job_changes in changes.items():
+            due = [c for c in job_changes if c.at < horizon]
+            if pid != wm["project_id"] or not due:
                 continue
             checked += 1
-            candidates = changes[due[-1] :]
-            if not any(not _matched(c, float("inf"), seen.get(job_id, [])) for c in candidates):
-                problems.append(f"{wm}: job {job_id} {[(c.kind, c.at) for c in candidates]}")
+            seen = sorted(
+                (d for at, d in published.get((pid, job_id), []) if at <= mark.timestamp),
+                key=lambda d: d["sequence"],
+            )
+            where = (
+                f"watermark {wm} (record time {mark.timestamp}), job {job_id}\n"
+                f"  truth: {[(c.kind, str(c.status_after), c.at) for c in job_changes]}\n"
+                f"  events: {[_brief(d) for d in seen]}\n "
+            )
+            states = {_state(c.kind, c.status_after) for c in job_changes[len(due) - 1 :]}
+            shown = _state(seen[-1]["kind"], seen[-1]["status_after"]) if seen else "unknown"
+            if shown not in states:
+                problems.append(f"{where}: shows {shown}, truth since the horizon {states}")
+            for change, after in zip(due, [*job_changes[1:], None][: len(due)], strict=True):
+                next_at = after.at if after is not None else float("inf")
+                if next_at - change.at <= window_ms[change.kind] or any(
+                    _superseded_while_paused(change.at, next_at, p, window_ms) for p in paused_ms
+                ):
+                    continue
+                if problem := _matched(change, next_at, seen):
+                    problems.append(f"{where}: {change.kind} at {change.at}: {problem}")
     return checked, problems
+
+
+def _state(kind: str, status: str | None) -> str:
+    return "deleted" if kind == "deleted" else str(status)
 
 
 async def test_a_watermark_means_every_older_change_was_already_published(
     make_simulator, kafka_bootstrap, request
 ):
-    from tests.test_app import INTERVAL_S
+    from tests.test_app import INTERVAL_S, RECONCILE_S
 
     name = unique_name(request, "watermark")
     async with make_simulator(projects=3, jobs_per_project=5, seed=9) as (sim, url):
@@ -163,7 +204,10 @@ async def test_a_watermark_means_every_older_change_was_already_published(
         marks = await read_records(kafka_bootstrap, topics.watermarks)
         events = await read_records(kafka_bootstrap, topics.events)
     assert {orjson.loads(m.value)["project_id"] for m in marks} == set(sim.project_ids)
-    checked, problems = watermark_problems(marks, events, sim.changes(), INTERVAL_S * 1000)
+    window = windows_ms(INTERVAL_S, RECONCILE_S)
+    checked, problems = watermark_problems(
+        marks, events, sim.changes(), interval_s=INTERVAL_S, window_ms=window
+    )
     assert not problems, "\n".join(problems[:10])
     assert checked > 50
 
@@ -314,9 +358,11 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
             await wait_process_ready(port, first)
             await drive(sim, seconds=3.0, per_s=4.0)
             first.send_signal(signal.SIGKILL)
+            killed = time.time() * 1000
             assert await first.wait() == -signal.SIGKILL
         async with bridge_process(config, log) as second:
             await wait_process_ready(port, second)
+            restarted = time.time() * 1000
             await drive(sim, seconds=3.0, per_s=4.0)
             await asyncio.sleep(INTERVAL_S * 4)
             second.send_signal(signal.SIGTERM)
@@ -324,7 +370,15 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
                 assert await second.wait() == 0
         marks = await read_records(kafka_bootstrap, f"{name}.watermarks")
         events = await read_records(kafka_bootstrap, f"{name}.events")
-    checked, problems = watermark_problems(marks, events, sim.changes(), INTERVAL_S * 1000)
+    window = windows_ms(INTERVAL_S, 1.0)  # bridge_config's reconcile_interval_s
+    checked, problems = watermark_problems(
+        marks,
+        events,
+        sim.changes(),
+        interval_s=INTERVAL_S,
+        window_ms=window,
+        paused_ms=[(killed, restarted)],  # nobody polled between the kill and the restart
+    )
     assert not problems, "\n".join(problems[:10])
     assert checked > 50
     assert "Traceback" not in log.read_text()

@@ -15,22 +15,24 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
-from bridge.simulator import Simulator
-from tests import bridge_config
-from tests.kafka_fixtures import eventually, unique_name
+from tests.bridge_procs import (
+    INTERVAL_S,
+    RECONCILE_S,
+    SESSION_TIMEOUT_MS,
+    WINDOW_MS,
+    Child,
+    Procs,
+    group_config,
+    procs_fixture,
+)
+from tests.kafka_fixtures import eventually
 from tests.test_app import compare, drive, final_state_problems, read_topic
-from tests.test_run_process import bridge_process
 
 log = logging.getLogger(__name__)
 
@@ -38,167 +40,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 PARTITIONS = 12
 PROJECTS = 60
-INTERVAL_S = 1.0
-RECONCILE_S = 2.0
-SESSION_TIMEOUT_MS = 6000
-SLACK_MS = 2 * INTERVAL_S * 1000 + 500
-WINDOW_MS = {
-    "created": SLACK_MS,
-    "status_changed": SLACK_MS,
-    "updated": SLACK_MS + RECONCILE_S * 1000,
-    "deleted": SLACK_MS,
-}
 ALL_SHARDS = frozenset(range(PARTITIONS))
+CONFIG = group_config(partitions=PARTITIONS, rate_per_s=1000.0)
 
 
-def write_config(path: Path, *, instance_id: str | None = None, **where: Any) -> Path:
-    """A child's config: the shared test config with this module's pace and shard count;
-    ``instance_id`` for static membership."""
-    return bridge_config.write_config(
-        path,
-        **where,
-        api={
-            "project_rate_per_s": 1000.0,
-            "project_burst": 1000,
-            "credential_rate_per_s": 1000.0,
-            "credential_burst": 1000,
-        },
-        polling={"interval_s": INTERVAL_S, "reconcile_interval_s": RECONCILE_S, "jitter_s": 0.1},
-        kafka={
-            "partitions": PARTITIONS,
-            "session_timeout_ms": SESSION_TIMEOUT_MS,
-            "instance_id": instance_id,
-        },
-    )
+fleet = procs_fixture(
+    Procs, CONFIG, name="fleet", prefix="scale", projects=PROJECTS, jobs_per_project=2, seed=9
+)
 
 
-@dataclass
-class Child:
-    """One `dli-bridge run` child: its port, log and process (None once gone)."""
-
-    name: str
-    port: int
-    log: Path
-    config: Path
-    process: asyncio.subprocess.Process | None = None
-    killed_at: float | None = None
-
-    async def readyz(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
-        try:
-            async with http.get(f"http://127.0.0.1:{self.port}/readyz") as response:
-                return dict(orjson.loads(await response.read())) | {"status": response.status}
-        except aiohttp.ClientConnectionError:
-            return None
-
-    async def metrics(self, http: aiohttp.ClientSession) -> str:
-        async with http.get(f"http://127.0.0.1:{self.port}/metrics") as response:
-            return await response.text()
-
-
-@dataclass
-class Fleet:
-    """The children of one test, started and stopped by name, plus the shared run's names."""
-
-    sim: Simulator
-    url: str
-    bootstrap: str
-    name: str
-    tmp: Path
-    stack: AsyncExitStack
-    http: aiohttp.ClientSession
-    ports: Iterable[int]
-    children: dict[str, Child] = field(default_factory=dict)
-
-    async def start(self, child_name: str, *, static: bool = False) -> Child:
-        child = self.children.get(child_name)
-        if child is None:
-            port = next(iter(self.ports))
-            log = self.tmp / f"{child_name}.log"
-            config = write_config(
-                self.tmp / f"{child_name}.toml",
-                bootstrap=self.bootstrap,
-                base_url=self.url,
-                projects=self.sim.project_ids,
-                name=self.name,
-                port=port,
-                instance_id=child_name if static else None,
-            )
-            child = self.children[child_name] = Child(child_name, port, log, config)
-        child.process = await self.stack.enter_async_context(
-            bridge_process(child.config, child.log)
-        )
-        return child
-
-    def running(self) -> list[Child]:
-        return [c for c in self.children.values() if c.process and c.process.returncode is None]
-
-    async def owned(self, children: list[Child]) -> dict[str, frozenset[int]] | None:
-        """Each child's ready shards, or None while any of them is not ready."""
-        owned = {}
-        for child in children:
-            body = await child.readyz(self.http)
-            if body is None or body["status"] != 200:
-                return None
-            owned[child.name] = frozenset(int(s) for s in body["shards"])
-        return owned
-
-    async def settled(self, timeout_s: float = 60.0) -> dict[str, frozenset[int]]:
-        """Wait until the running children are ready and split the 12 shards exactly."""
-        found: dict[str, frozenset[int]] = {}
-
-        async def split() -> bool:
-            owned = await self.owned(self.running())
-            if owned is None:
-                return False
-            found.clear()
-            found.update(owned)
-            sets = list(owned.values())
-            return frozenset().union(*sets) == ALL_SHARDS and sum(map(len, sets)) == PARTITIONS
-
-        await eventually(split, timeout_s=timeout_s, what="the shards split among the children")
-        return found
-
-    async def terminate(self, child: Child) -> int:
-        assert child.process is not None
-        child.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            return await child.process.wait()
-
-    async def terminate_all(self) -> None:
-        codes = await asyncio.gather(*(self.terminate(c) for c in self.running()))
-        assert all(code == 0 for code in codes), codes
-
-    def output(self) -> str:
-        return "\n".join(
-            f"--- {c.name}\n{c.log.read_text()[-4000:]}" for c in self.children.values()
-        )
-
-
-def _ports(unused_tcp_port_factory: Any) -> Iterable[int]:
-    while True:
-        yield unused_tcp_port_factory()
-
-
-@asynccontextmanager
-async def fleet(
-    make_simulator: Any, bootstrap: str, request: Any, tmp: Path, ports: Any, **sim: Any
-) -> AsyncIterator[Fleet]:
-    name = unique_name(request, "scale")
-    config = {"projects": PROJECTS, "jobs_per_project": 2, "seed": 9} | sim
-    async with (
-        make_simulator(**config) as (simulator, url),
-        AsyncExitStack() as stack,
-        aiohttp.ClientSession() as http,
-    ):
-        yield Fleet(simulator, url, bootstrap, name, tmp, stack, http, _ports(ports))
-
-
-async def events_of(run: Fleet) -> list[dict[str, Any]]:
+async def events_of(run: Procs) -> list[dict[str, Any]]:
     return await read_topic(run.bootstrap, f"{run.name}.events", PARTITIONS)
 
 
 def check_events(
-    run: Fleet, events: list[dict[str, Any]], started_ms: int, paused: tuple[float, float] | None
+    run: Procs, events: list[dict[str, Any]], started_ms: int, paused: tuple[float, float] | None
 ) -> int:
     verdict = compare(
         events, run.sim.changes(), started_ms=started_ms, window_ms=WINDOW_MS, paused_ms=paused
@@ -247,12 +103,8 @@ def overlaps(intervals: dict[int, list[tuple[float, float, str]]]) -> list[str]:
 # --- the tests ----------------------------------------------------------------------------------
 
 
-async def test_three_instances_split_the_shards_and_match_the_truth(
-    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-):
-    async with fleet(
-        make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-    ) as run:
+async def test_three_instances_split_the_shards_and_match_the_truth(fleet):
+    async with fleet() as run:
         initial = len(run.sim.fleet)
         await asyncio.gather(*(run.start(f"i{n}") for n in range(3)))
         owned = await run.settled()
@@ -275,12 +127,8 @@ async def test_three_instances_split_the_shards_and_match_the_truth(
         assert "dli_bridge_restore_seconds" in text
 
 
-async def test_sigkill_moves_the_shards_within_the_session_timeout(
-    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-):
-    async with fleet(
-        make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-    ) as run:
+async def test_sigkill_moves_the_shards_within_the_session_timeout(fleet, request):
+    async with fleet() as run:
         await asyncio.gather(*(run.start(f"i{n}") for n in range(3)))
         await run.settled()
         started_ms = int(time.time() * 1000)
@@ -306,12 +154,8 @@ async def test_sigkill_moves_the_shards_within_the_session_timeout(
     assert not overlaps(ownership(run.children.values()))
 
 
-async def test_sigstop_past_the_session_then_sigcont_is_fenced_and_rejoins(
-    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-):
-    async with fleet(
-        make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-    ) as run:
+async def test_sigstop_past_the_session_then_sigcont_is_fenced_and_rejoins(fleet):
+    async with fleet() as run:
         await asyncio.gather(*(run.start(f"i{n}") for n in range(3)))
         await run.settled()
         started_ms = int(time.time() * 1000)
@@ -321,13 +165,12 @@ async def test_sigstop_past_the_session_then_sigcont_is_fenced_and_rejoins(
         frozen.process.send_signal(signal.SIGSTOP)
         stopped = time.time()
         others = [c for c in run.running() if c is not frozen]
-
-        async def taken_over() -> bool:
-            owned = await run.owned(others)
-            return owned is not None and frozenset().union(*owned.values()) == ALL_SHARDS
-
         driving = asyncio.create_task(drive(run.sim, seconds=10.0, per_s=4.0))
-        await eventually(taken_over, timeout_s=30, what="the others took the frozen shards")
+        await eventually(
+            lambda: run.own_every_shard(others),
+            timeout_s=30,
+            what="the others took the frozen shards",
+        )
         took_over = time.time()
         await driving  # changes the frozen member's stale state does not know
         frozen.process.send_signal(signal.SIGCONT)
@@ -345,12 +188,8 @@ async def test_sigstop_past_the_session_then_sigcont_is_fenced_and_rejoins(
     assert check_events(run, events, started_ms, paused) >= 10
 
 
-async def test_scale_one_three_one_and_a_static_rolling_restart(
-    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-):
-    async with fleet(
-        make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port_factory
-    ) as run:
+async def test_scale_one_three_one_and_a_static_rolling_restart(fleet):
+    async with fleet() as run:
         await run.start("i0", static=True)
         await run.settled()
         started_ms = int(time.time() * 1000)
