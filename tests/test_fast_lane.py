@@ -3,8 +3,9 @@
 import asyncio
 
 from bridge.lifecycle import JobStatus
+from bridge.sharding import shard_of
 from bridge.sweep import FAST_LANE_POLLS
-from tests.test_scheduler import engine, until
+from tests.test_scheduler import PARTITIONS, engine, until
 
 
 async def test_a_job_stuck_in_a_transitional_status_leaves_the_fast_lane(make_simulator):
@@ -48,4 +49,27 @@ async def test_a_job_found_in_a_transitional_status_gets_no_fast_lane(make_simul
             await asyncio.sleep(0.6)  # a sweep and a dozen fast-lane slots
             late = eng.requests(sim, "detail", pid) - before
     assert before == 1  # the discovery's own detail call
+    assert late == 0
+
+
+async def test_a_restored_job_gets_no_fast_lane_until_it_moves(make_simulator):
+    """A shard taken over (rebalance, restart) must not fast-poll every transitional job
+    again: the state record does not say when the job entered its status."""
+    async with make_simulator(projects=1, jobs_per_project=1) as (sim, url):
+        pid = sim.project_ids[0]
+        job_id = next(iter(sim.fleet.projects[pid].jobs))
+        sim.set_status(pid, job_id, JobStatus.FINISH)
+        async with engine(
+            url, [pid], mode="list", interval_s=0.5, transitional_interval_s=0.2
+        ) as eng:
+            await until(lambda: len(eng.events()) >= 1, "discovered")
+            sim.set_status(pid, job_id, JobStatus.SUBMITTING)
+            await until(lambda: len(eng.events()) >= 2, "the move to submitting")
+            shard = shard_of(pid, PARTITIONS)
+            await eng.scheduler.stop_shard(shard)
+            eng.scheduler.start_shard(shard, generation=1)  # restored from the state topic
+            await until(lambda: eng.scheduler.shard_status().get(shard) == "ready", "restored")
+            before = eng.requests(sim, "detail", pid)
+            await asyncio.sleep(0.6)  # inside the move's fast lane (6 x 0.2 s) had it carried over
+            late = eng.requests(sim, "detail", pid) - before
     assert late == 0
