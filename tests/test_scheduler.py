@@ -65,6 +65,13 @@ class Engine:
         records = self.sink.records(self.sink.topics.dlq)
         return [orjson.loads(r.value) for r in records if r.value is not None]
 
+    async def restore_shard(self, project_id: str) -> None:
+        """Stop the project's shard and start it again, restored from the state topic."""
+        shard = shard_of(project_id, PARTITIONS)
+        await self.scheduler.stop_shard(shard)
+        self.scheduler.start_shard(shard, generation=1)
+        await until(lambda: self.scheduler.shard_status().get(shard) == "ready", "restored")
+
     def requests(self, sim: Simulator, route: str, project_id: str | None = None) -> int:
         return sum(
             n
@@ -310,10 +317,7 @@ async def test_a_restored_shard_reconciles_without_a_detail_call_per_job(make_si
         _settle_transitional(sim, pid)
         async with engine(url, [pid], interval_s=0.1, reconcile_interval_s=0.3) as eng:
             await until(lambda: len(eng.events()) >= 10, "discovered")
-            shard = shard_of(pid, PARTITIONS)
-            await eng.scheduler.stop_shard(shard)
-            eng.scheduler.start_shard(shard, generation=1)  # restored from the state topic
-            await until(lambda: eng.scheduler.shard_status().get(shard) == "ready", "restored")
+            await eng.restore_shard(pid)
             before = eng.requests(sim, "detail", pid)
             await asyncio.sleep(1.0)  # three reconciles or more
             idle_details = eng.requests(sim, "detail", pid) - before
