@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 from bridge import events, sweep
 from bridge.breaker import BreakerState
 from bridge.client import check_row, parse_job_body
-from bridge.diff import ChangeKind, JobChange, without_ignored
+from bridge.diff import ChangeKind, JobChange
 from bridge.errors import (
     ApiError,
     AuthError,
@@ -559,8 +559,7 @@ class Scheduler:
     def _row_fp(self, cycle: Cycle, job_id: int, raw: JsonDict) -> bytes:
         mode = self.config.mode
         if mode == "list":
-            light = without_ignored(raw, self.config.ignore)
-            fp = fingerprint(orjson.dumps(light, option=orjson.OPT_SORT_KEYS), self._fp_key)
+            fp = sweep.row_fingerprint(raw, self.config.ignore, self._fp_key)
         elif mode == "sweep":
             fp = fingerprint(orjson.dumps(raw), self._fp_key)
         else:

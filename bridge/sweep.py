@@ -84,10 +84,13 @@ class Plan:
     confirm_delete: tuple[int, ...]
 
 
-def row_fingerprint(row: JsonDict, ignore: Collection[str] = DEFAULT_IGNORE) -> bytes:
-    """16 bytes that change when any field of ``row`` but the ignored ones changes."""
+def row_fingerprint(
+    row: JsonDict, ignore: Collection[str] = DEFAULT_IGNORE, key: bytes = b""
+) -> bytes:
+    """16 bytes that change when any field of ``row`` but the ignored ones changes (keyed:
+    the engine publishes them in state records)."""
     canonical = orjson.dumps(without_ignored(row, ignore), option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=16).digest()
+    return hashlib.blake2b(canonical, digest_size=16, key=key).digest()
 
 
 def plan(
