@@ -15,7 +15,6 @@ from bridge.bench.report import (
     SweepPoint,
     latencies,
     observable,
-    pages_per_sweep,
     percentile,
     table,
     targets,
@@ -55,11 +54,22 @@ def test_bench_runs_and_prints_every_row(kafka_bootstrap: str, tmp_path: Path):
     assert {t["name"] for t in report["targets"]}
 
 
-@pytest.mark.parametrize(
-    ("jobs", "pages"), [(0, 1), (5, 1), (99, 1), (100, 2), (150, 2), (199, 3), (200, 3)]
-)
-def test_pages_per_sweep_follows_the_one_row_overlap(jobs: int, pages: int):
-    assert pages_per_sweep(jobs) == pages
+def test_list_polls_are_completed_cycles_times_jobs_per_project():
+    from bridge.bench.harness import _polls
+
+    before = {
+        'dli_bridge_polls_total{mode="list",outcome="ok"}': 10.0,
+        'dli_bridge_api_requests_total{endpoint="list",outcome="ok"}': 10.0,
+    }
+    after = {
+        'dli_bridge_polls_total{mode="list",outcome="ok"}': 14.0,
+        'dli_bridge_polls_total{mode="list",outcome="error"}': 3.0,
+        'dli_bridge_api_requests_total{endpoint="list",outcome="ok"}': 17.0,
+    }
+    assert _polls("list", before, after, 99.5) == 4 * 99.5
+    assert _polls("sweep", before, after, 99.5) == 0
+    detail = {'dli_bridge_api_requests_total{endpoint="detail",outcome="ok"}': 7.0}
+    assert _polls("detail", {}, detail, 99.5) == 7
 
 
 def test_percentile_is_nearest_rank():

@@ -33,7 +33,6 @@ from bridge.bench.report import (
     SweepPoint,
     latencies,
     observable,
-    pages_per_sweep,
     percentile,
 )
 from bridge.bench.run import BridgeChild, BridgeSpec, Sample, simulator
@@ -177,15 +176,14 @@ class Fleet:
         self.cursor += len(found)
         return found
 
-    async def jobs_per_page(self, project_ids: Sequence[str]) -> float:
-        """Jobs one list call observes on average, from each project's total_count now."""
-        jobs = pages = 0
+    async def mean_jobs(self, project_ids: Sequence[str]) -> float:
+        """The projects' mean job count now, from each project's total_count."""
+        jobs = 0
         for pid in project_ids:
             url = f"{self.url}/v1.0/{pid}/streaming/jobs"
             async with self.session.get(url, params={"limit": "1"}) as response:
-                total = int((await response.json())["job_list"]["total_count"])
-            jobs, pages = jobs + total, pages + pages_per_sweep(total)
-        return jobs / max(1, pages)
+                jobs += int((await response.json())["job_list"]["total_count"])
+        return jobs / max(1, len(project_ids))
 
     async def step(self, changes: int) -> None:
         url = f"{self.url}/_sim/step"
@@ -266,16 +264,17 @@ def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> fl
     return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
 
 
-def _polls(mode: str, before: dict[str, float], after: dict[str, float], per_page: float) -> float:
+def _polls(mode: str, before: dict[str, float], after: dict[str, float], per_cycle: float) -> float:
     """Job observations between two scrapes: detail calls, or rows read in list sweeps.
 
-    ``per_page`` is the jobs one list call observes on average: the fleet's jobs divided by
-    the pages one complete sweep of every project takes.
+    A list or sweep cycle of a project observes every job of it once, so its observations are
+    the completed cycles times ``per_cycle``, the watched projects' mean job count. (Counting
+    pages instead flips between one and two per sweep when a project hovers at a page's size.)
     """
     if mode == "detail":
         return _delta(before, after, f'{_REQUESTS}{{endpoint="detail",outcome="ok"}}')
-    pages = _delta(before, after, f'{_REQUESTS}{{endpoint="list",outcome="ok"}}')
-    return pages * per_page
+    cycles = _delta(before, after, f'dli_bridge_polls_total{{mode="{mode}",outcome="ok"}}')
+    return cycles * per_cycle
 
 
 @dataclass(slots=True)
@@ -357,7 +356,7 @@ class Measured:
     steady: Window  # steady window over: the burst begins
     end: Window  # burst committed (one interval later)
     topic: str
-    per_page: float  # jobs one list call observes (list and sweep modes)
+    per_cycle: float  # jobs one list or sweep cycle observes
 
 
 async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
@@ -378,7 +377,7 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
     async with contextlib.AsyncExitStack() as stack:
         children = await _bridge_children(stack, fleet, spec, plan.instances)
         await _warm(children, jobs, spec.partitions, plan.interval_s + plan.jitter_s)
-        per_page = await fleet.jobs_per_page(plan.projects)
+        per_cycle = await fleet.mean_jobs(plan.projects)
         await fleet.changes()  # the window's ground truth starts here
         start = await _look(children)
         await asyncio.sleep(plan.duration_s)
@@ -391,17 +390,17 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
                 await fleet.step(plan.burst)
             await asyncio.sleep(plan.interval_s + plan.jitter_s + _SETTLE_S)
             end = await _look(children)
-    return Measured(start, steady, end, spec.topic("events"), per_page)
+    return Measured(start, steady, end, spec.topic("events"), per_cycle)
 
 
 def _steady(
-    plan: RowPlan, per_page: float, start: Window, steady: Window
+    plan: RowPlan, per_cycle: float, start: Window, steady: Window
 ) -> tuple[float, float, list[float], float, int]:
     """Window seconds, CPU seconds, polls per instance, API requests, RSS bytes (steady)."""
     wall = max(1e-9, steady.samples[0].at - start.samples[0].at)
     cpu = sum(b.cpu_s - a.cpu_s for a, b in zip(start.samples, steady.samples, strict=True))
     polls = [
-        _polls(plan.mode, a, b, per_page)
+        _polls(plan.mode, a, b, per_cycle)
         for a, b in zip(start.metrics, steady.metrics, strict=True)
     ]
     requests = sum(
@@ -417,7 +416,7 @@ async def bridge_row(
     """Measure one bridge row end to end, latency and burst included."""
     seen = await measure(config, fleet, plan)
     jobs = len(plan.projects) * fleet.jobs_per_project
-    wall, cpu, polls, requests, rss = _steady(plan, seen.per_page, seen.start, seen.steady)
+    wall, cpu, polls, requests, rss = _steady(plan, seen.per_cycle, seen.start, seen.steady)
     total = max(1e-9, sum(polls))
     row = Row(
         name=name,
@@ -594,7 +593,7 @@ async def _sweep_point(
     plan = RowPlan(mode, fleet.project_ids[:count], config.interval_s, 1.0, config.sweep_duration_s)
     seen = await measure(config, fleet, plan)
     jobs = count * fleet.jobs_per_project
-    wall, cpu, polls, requests, rss = _steady(plan, seen.per_page, seen.start, seen.steady)
+    wall, cpu, polls, requests, rss = _steady(plan, seen.per_cycle, seen.start, seen.steady)
     return SweepPoint(
         jobs=jobs,
         projects=count,

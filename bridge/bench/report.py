@@ -30,7 +30,6 @@ __all__ = [
     "Target",
     "latencies",
     "observable",
-    "pages_per_sweep",
     "percentile",
     "sweep_table",
     "table",
@@ -101,17 +100,6 @@ class Target:
     @property
     def verdict(self) -> str:
         return {True: "met", False: "NOT MET", None: "not measured"}[self.met]
-
-
-def pages_per_sweep(jobs: int, limit: int = 100) -> int:
-    """List calls one complete sweep of ``jobs`` takes (pages overlap by one row: PageScan)."""
-    pages, offset = 0, 0
-    while True:
-        pages += 1
-        rows = max(0, min(limit, jobs - offset))
-        if rows < limit:
-            return pages
-        offset += rows - 1
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
