@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import orjson
@@ -39,17 +39,21 @@ from bridge.models import (
     JobDetailResponse,
     JobListItem,
     JobListResponse,
-    JobRow,
     JobRowsResponse,
     Project,
     ProjectListResponse,
 )
-from bridge.paging import PageScan, Row
+from bridge.paging import PageScan, model_id
 from bridge.ratelimit import BucketGroup
 from bridge.retry import Backoff, Clock, Sleep, parse_retry_after
 from bridge.settings import ApiSettings
 
-__all__ = ["DliClient", "check_row", "new_session", "parse_job_body"]
+__all__ = ["DliClient", "EngineRow", "check_row", "new_session", "parse_job_body"]
+
+R = TypeVar("R")
+EngineRow = tuple[int, dict[str, Any]]  # a list row as the engine reads it: (job_id, raw row)
+# The fields of a row the engine decides on before it validates the row whole (see JobRow).
+_LEAN_TEXT = ("name", "status", "job_type", "queue_name")
 
 log = logging.getLogger(__name__)
 
@@ -249,27 +253,30 @@ class DliClient:
     ) -> AsyncIterator[list[Fetched[JobListItem]]]:
         """The job rows of a project, page by page, each job once (see PageScan)."""
         query = _list_query(show_detail, filters)
-        return self._pages(project_id, query, page_size, self._list_page)
+        return self._pages(project_id, query, page_size, self._list_page, model_id)
 
     def iter_rows(
         self, project_id: str, *, show_detail: bool = False
-    ) -> AsyncIterator[list[Fetched[JobRow]]]:
-        """``iter_pages`` for the engine: each row validated only as far as ``JobRow`` (the
-        raw row is whole; validate it as ``JobListItem`` before using it as a snapshot)."""
+    ) -> AsyncIterator[list[EngineRow]]:
+        """``iter_pages`` for the engine: each row as ``(job_id, raw)``, checked only as far as
+        ``JobRow`` (the raw row is whole; validate it as ``JobListItem`` before using it as a
+        snapshot). Most rows of most sweeps are unchanged, so they are checked by hand, not
+        modelled: pydantic sees a page only when something in it needs coercing or refusing."""
         query = _list_query(show_detail, {})
-        return self._pages(project_id, query, None, self._row_page)
+        return self._pages(project_id, query, None, self._row_page, _row_id)
 
     async def _pages(
         self,
         project_id: str,
         query: dict[str, str],
         page_size: int | None,
-        read: Callable[[str, dict[str, str]], Awaitable[list[Fetched[Row]]]],
-    ) -> AsyncIterator[list[Fetched[Row]]]:
+        read: Callable[[str, dict[str, str]], Awaitable[list[R]]],
+        key: Callable[[R], int],
+    ) -> AsyncIterator[list[R]]:
         scan = PageScan(page_size or self.settings.page_size, project_id)
         while scan.offset is not None:
             query |= {"offset": str(scan.offset), "limit": str(scan.limit)}
-            fresh = scan.take(await read(project_id, query))
+            fresh = scan.take_by(await read(project_id, query), key)
             if fresh:
                 yield fresh
         if scan.step_backs:
@@ -296,11 +303,14 @@ class DliClient:
         body = validate(JobListResponse, doc, answer, call)
         return _rows(doc, body, answer, call)
 
-    async def _row_page(self, project_id: str, query: dict[str, str]) -> list[Fetched[JobRow]]:
+    async def _row_page(self, project_id: str, query: dict[str, str]) -> list[EngineRow]:
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
-        body = validate(JobRowsResponse, doc, answer, call)
-        return _rows(doc, body, answer, call)
+        rows = _lean_rows(doc)
+        if rows is None:  # something to coerce or to refuse: pydantic decides, with its errors
+            body = validate(JobRowsResponse, doc, answer, call)
+            rows = [(row.model.job_id, row.raw) for row in _rows(doc, body, answer, call)]
+        return rows
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)
@@ -421,6 +431,39 @@ def _list_query(show_detail: bool, filters: Mapping[str, str | int | bool]) -> d
     return query | {"order": "asc", "show_detail": _query_value(show_detail)}
 
 
+def _lean_rows(doc: dict[str, Any]) -> list[EngineRow] | None:
+    """A successful list body's rows when every row already holds what ``JobRow`` would
+    (an int ``job_id``, text or null in its other fields), checked by hand; else None."""
+    flag = doc.get("is_success")  # DLI's docs say the string "true"; SDKs decode a bool
+    if flag is not None and flag is not True and flag != "true":
+        return None
+    message, job_list = doc.get("message"), doc.get("job_list")
+    if (message is not None and type(message) is not str) or type(job_list) is not dict:
+        return None
+    jobs = job_list.get("jobs")
+    if not jobs:
+        return [] if jobs is None or type(jobs) is list else None
+    if type(jobs) is not list:
+        return None
+    rows: list[EngineRow] = []
+    for row in jobs:
+        if type(row) is not dict:
+            return None
+        job_id = row.get("job_id")
+        if type(job_id) is not int:
+            return None
+        for name in _LEAN_TEXT:
+            value = row.get(name)
+            if value is not None and type(value) is not str:
+                return None
+        rows.append((job_id, row))
+    return rows
+
+
+def _row_id(row: EngineRow) -> int:
+    return row[0]
+
+
 def _rows(
     doc: dict[str, Any], body: JobListResponse | JobRowsResponse, answer: Answer, call: Call
 ) -> list[Fetched[Any]]:
@@ -430,7 +473,7 @@ def _rows(
         # An answer without a list must not read as "every job is gone".
         raise malformed("no job_list in the answer", answer, call)
     models = body.job_list.jobs or []
-    raws = doc["job_list"]["jobs"] or []
+    raws = doc["job_list"].get("jobs") or []
     return [Fetched(raw=r, model=m) for r, m in zip(raws, models, strict=True)]
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from bridge.errors import ApiUnavailable
 from bridge.models import Fetched, JobListItem, JobRow
 from bridge.settings import MAX_PAGE_SIZE
 
-__all__ = ["MAX_STEP_BACKS", "PageScan"]
+__all__ = ["MAX_STEP_BACKS", "PageScan", "model_id"]
 
 Row = TypeVar("Row", JobListItem, JobRow)
+R = TypeVar("R")
 
 # Each step back re-reads one page; this many in one sweep means the list churns faster than
 # we can read it, and the sweep is better retried later than continued.
@@ -41,16 +42,21 @@ class PageScan:
 
     def take(self, rows: Sequence[Fetched[Row]]) -> list[Fetched[Row]]:
         """Feed the page read at ``offset``; return its rows not taken before."""
+        return self.take_by(rows, model_id)
+
+    def take_by(self, rows: Sequence[R], key: Callable[[R], int]) -> list[R]:
+        """``take`` for rows of any shape, ``key`` giving each row's ``job_id``."""
         at = self.offset
         if at is None:
             return []
-        if at > 0 and not any(row.model.job_id in self._seen for row in rows):
+        ids = [key(row) for row in rows]
+        if at > 0 and self._seen.isdisjoint(ids):
             self._step_back(at)
             return []
         fresh = []
-        for row in rows:
-            if row.model.job_id not in self._seen:
-                self._seen.add(row.model.job_id)
+        for job_id, row in zip(ids, rows, strict=True):
+            if job_id not in self._seen:
+                self._seen.add(job_id)
                 fresh.append(row)
         self.offset = None if len(rows) < self.limit else at + len(rows) - 1
         return fresh
@@ -61,3 +67,9 @@ class PageScan:
             text = f"job list kept shifting: {self.step_backs} re-reads in one sweep"
             raise ApiUnavailable(text, project_id=self.project_id)
         self.offset = max(0, at - (self.limit - 1))
+
+
+def model_id(row: Fetched[Any]) -> int:
+    """A validated row's ``job_id`` (the key ``PageScan.take`` dedupes on)."""
+    job_id: int = row.model.job_id
+    return job_id

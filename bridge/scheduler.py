@@ -28,7 +28,7 @@ from prometheus_client import Counter, Histogram
 
 from bridge import events, sweep
 from bridge.breaker import BreakerState
-from bridge.client import check_row, parse_job_body
+from bridge.client import EngineRow, check_row, parse_job_body
 from bridge.diff import ChangeKind, JobChange
 from bridge.errors import (
     ApiError,
@@ -41,7 +41,7 @@ from bridge.errors import (
 from bridge.filters import FilterSettings, JobFilter
 from bridge.memory import Trimmer
 from bridge.metrics import Metrics
-from bridge.models import Fetched, JobRow, JsonDict
+from bridge.models import JsonDict
 from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
 from bridge.settings import AuthSettings, Settings
 from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
@@ -80,7 +80,7 @@ class JobApi(Protocol):
 
     def iter_rows(
         self, project_id: str, *, show_detail: bool = False
-    ) -> AsyncIterator[list[Fetched[JobRow]]]: ...
+    ) -> AsyncIterator[list[EngineRow]]: ...
 
     async def get_job_body(self, project_id: str, job_id: int) -> bytes: ...
 
@@ -458,8 +458,7 @@ class Scheduler:
             async for page in self._api.iter_rows(pid, show_detail=show_detail):
                 self._api_done("list", "ok", started)
                 started = time.perf_counter()
-                for item in page:
-                    rows[item.model.job_id] = item.raw
+                rows.update(page)
         except ApiError as exc:
             self._api_done("list", _api_outcome(exc), started)
             if isinstance(exc, MalformedResponse):

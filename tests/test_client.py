@@ -15,13 +15,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import yarl
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from bridge import client as client_module
+from bridge.answers import Answer, Call, validate
 from bridge.auth import AkSkAuth, Auth, IamTokenAuth, NoAuth, OutgoingRequest
 from bridge.breaker import BreakerState
 from bridge.client import DliClient, new_session, parse_job_body
 from bridge.errors import (
+    ApiError,
     ApiRejected,
     ApiUnavailable,
     AuthError,
@@ -30,6 +36,7 @@ from bridge.errors import (
     MalformedResponse,
     RateLimited,
 )
+from bridge.models import JobRowsResponse
 from bridge.retry import Sleep
 from bridge.settings import ApiSettings
 from bridge.simulator import Simulator, SimulatorConfig
@@ -306,6 +313,78 @@ async def test_list_without_job_list_is_malformed():
     async with _scripted_client(_json({"is_success": True})) as (client, _, _):
         with pytest.raises(MalformedResponse, match="job_list"):
             await client.list_jobs("p1")
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.text(max_size=3),
+    st.just("7"),
+    st.just(1.0),
+    st.sampled_from(["true", "false", " True"]),
+)
+_list_rows = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"job_id": st.one_of(st.integers(0, 9), _scalars)},
+            optional={f: _scalars for f in ("name", "status", "job_type", "queue_name", "x")},
+        ),
+        _scalars,
+    ),
+    max_size=4,
+)
+_list_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "is_success": _scalars,
+        "message": _scalars,
+        "job_list": st.one_of(
+            _scalars, st.fixed_dictionaries({}, optional={"jobs": st.one_of(_list_rows, _scalars)})
+        ),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=_list_bodies)
+def test_lean_rows_agree_with_the_validated_rows_or_defer_to_them(doc):
+    """The engine's hand-checked list rows are exactly what pydantic's JobRow would give, and
+    anything the hand check cannot vouch for goes to pydantic (which names the problem)."""
+    call = Call("GET", yarl.URL("/v1.0/p1/streaming/jobs"), "p1")
+    answer = Answer(200, orjson.dumps(doc), None, None)
+    lean = client_module._lean_rows(doc)
+    try:
+        body = validate(JobRowsResponse, doc, answer, call)
+        modelled = [(r.model.job_id, r.raw) for r in client_module._rows(doc, body, answer, call)]
+    except ApiError:
+        assert lean is None
+        return
+    if lean is not None:
+        assert lean == modelled
+        assert all(type(job_id) is int for job_id, _ in lean)
+
+
+def test_lean_rows_take_a_page_as_dli_serves_it():
+    row = {"job_id": 1, "name": "a", "status": "job_running", "queue_name": None, "duration": 5}
+    doc = {"is_success": "true", "message": "", "job_list": {"total_count": 1, "jobs": [row]}}
+    assert client_module._lean_rows(doc) == [(1, row)]  # no pydantic on the common page
+    assert client_module._lean_rows(doc | {"is_success": True}) == [(1, row)]
+
+
+async def test_engine_rows_coerce_through_pydantic_when_the_hand_check_cannot():
+    doc = {"job_list": {"jobs": [{"job_id": "7", "status": "job_running"}, {"job_id": 8}]}}
+    async with _scripted_client(_json(doc)) as (client, _, _):
+        pages = [page async for page in client.iter_rows("p1")]
+    assert pages == [[(7, {"job_id": "7", "status": "job_running"}), (8, {"job_id": 8})]]
+
+
+async def test_engine_rows_refuse_a_row_without_a_job_id():
+    doc = {"job_list": {"jobs": [{"job_id": 1}, {"name": "no id"}]}}
+    async with _scripted_client(_json(doc)) as (client, _, _):
+        with pytest.raises(MalformedResponse) as caught:
+            [page async for page in client.iter_rows("p1")]
+    assert "job_list.jobs.1.job_id" in caught.value.detail
 
 
 async def test_list_sends_paging_and_filters():
