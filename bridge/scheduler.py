@@ -246,7 +246,7 @@ class Scheduler:
         self._observing = asyncio.Semaphore(config.max_in_flight)
         self._api_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._reconciled: dict[str, float] = {}  # project -> its last reconcile sweep (list mode)
-        self._trimmer = Trimmer()  # gives a first sweep's transient memory back
+        self._trimmer = Trimmer()  # after a first sweep or restore: freeze the state, trim the heap
         self._runners: dict[int, ShardRunner] = {}
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -362,6 +362,7 @@ class Scheduler:
         try:
             if not await runner.ensure_open():
                 return
+            self._trimmer.after_write(runner.restore_records)  # a large state just arrived
             async with asyncio.TaskGroup() as group:
                 loops = [
                     group.create_task(self._run_project(runner, pid), name=f"project-{pid}")

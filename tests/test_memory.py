@@ -1,8 +1,9 @@
-"""The heap trimmer: one trim shortly after large writes, none for small ones."""
+"""The heap trimmer: one trim (and freeze) shortly after large writes, none for small ones."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -30,3 +31,28 @@ async def test_cancel_drops_a_pending_trim():
     trimmer.cancel()
     await asyncio.sleep(0.1)
     assert trimmer.trims == 0
+
+
+async def test_a_trim_freezes_what_is_alive_and_collects_young_cycles_first():
+    class Node:
+        pass
+
+    kept = [Node() for _ in range(50)]
+    cycle = Node()
+    cycle.me = cycle  # type: ignore[attr-defined]
+    freed = []
+    gc.callbacks.append(lambda phase, info: phase == "stop" and freed.append(info["collected"]))
+    del cycle
+    trimmer = Trimmer(min_jobs=1, delay_s=0.01)
+    try:
+        before = gc.get_freeze_count()
+        trimmer.after_write(1)
+        await asyncio.sleep(0.1)
+        assert trimmer.trims == 1
+        assert gc.get_freeze_count() >= before + len(kept)
+        frozen = {id(n) for n in kept}
+        assert not frozen & {id(o) for o in gc.get_objects()}  # out of every generation
+        assert sum(freed) >= 1  # the garbage cycle went before the freeze
+    finally:
+        gc.callbacks.pop()
+        gc.unfreeze()
