@@ -12,7 +12,6 @@ records, and an unkeyed hash of a raw body would let a reader test guesses of a 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from bridge.errors import MalformedResponse
 from bridge.models import JsonDict
 from bridge.redact import Redactor
 from bridge.sink import Batch
+from bridge.sweep import fingerprint
 
 __all__ = [
     "Cycle",
@@ -51,11 +51,6 @@ DEAD_LETTER_MEMORY = 10_000
 ANSWERED_MEMORY = 8
 
 DeadKey = tuple[int | None, bytes]
-
-
-def fingerprint(data: bytes, key: bytes = b"") -> bytes:
-    """16 bytes that differ when ``data`` does: compared before anything is parsed."""
-    return hashlib.blake2b(data, digest_size=16, key=key).digest()
 
 
 def detail_view(doc: JsonDict, ignore: Collection[str]) -> JsonDict:

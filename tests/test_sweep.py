@@ -217,7 +217,9 @@ _knowns = st.dictionaries(
     max_size=12,
 )
 _rows = st.lists(
-    st.builds(Row, job_id=st.integers(0, 30), fp=_fps.filter(bool), status=_statuses),
+    st.builds(
+        Row, job_id=st.integers(0, 30), fp=_fps.filter(bool), status=_statuses, same=st.none()
+    ),
     max_size=12,
     unique_by=lambda r: r.job_id,
 )
