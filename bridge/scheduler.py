@@ -19,7 +19,15 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -52,6 +60,7 @@ from bridge.tracking import (
     Cycle,
     ProjectState,
     Seen,
+    Tracked,
     batch,
     chunks,
     detail_fingerprint,
@@ -202,6 +211,24 @@ def _api_outcome(exc: ApiError) -> str:
 
 
 # --- the scheduler -------------------------------------------------------------------------------
+
+
+class _Knowns(Mapping[int, sweep.Known]):
+    """The plan's view of the tracked jobs' ``Known`` records, without copying them out."""
+
+    __slots__ = ("_jobs",)
+
+    def __init__(self, jobs: Mapping[int, Tracked]) -> None:
+        self._jobs = jobs
+
+    def __getitem__(self, job_id: int) -> sweep.Known:
+        return self._jobs[job_id].known
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
 
 
 class Scheduler:
@@ -494,16 +521,20 @@ class Scheduler:
         """Which jobs get a detail call this cycle, and which of them are delete checks."""
         cfg, project = self.config, cycle.project
         rows = None
-        if cycle.rows is not None:
-            row = self._reconcile_row if cycle.reconcile else self._light_row
-            rows = [row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
+        if cycle.rows is None:
+            pass
+        elif cycle.reconcile:
+            rows = [self._reconcile_row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
+        else:
+            rows = self._light_rows(cycle)
         plan = sweep.plan(
-            {jid: tracked.known for jid, tracked in project.watched().items()},
+            _Knowns(project.watched()),
             rows,
             now=self._clock(),
             reconcile_interval_s=None,  # list mode reconciles a project at a time
             transitional_interval_s=cfg.transitional_interval_s,
             delete_after_misses=cfg.delete_after_misses,
+            present=cycle.rows,
         )
         if cycle.rows is not None:
             self._count_misses(project, cycle.rows, plan.missing)
@@ -531,8 +562,17 @@ class Scheduler:
         last = self._reconciled.setdefault(project_id, now - (1.0 - phase_of(project_id)) * every)
         return now - last >= every
 
-    def _light_row(self, cycle: Cycle, job_id: int, raw: JsonDict) -> sweep.Row:
-        return sweep.Row(job_id, self._row_fp(cycle, job_id, raw), raw.get("status"))
+    def _light_rows(self, cycle: Cycle) -> list[sweep.Row]:
+        """The light rows the plan must look at: the quiet ones (most) are left out."""
+        jobs, parked = cycle.project.jobs, cycle.project.parked
+        rows = []
+        for job_id, raw in (cycle.rows or {}).items():
+            fp, status = self._row_fp(cycle, job_id, raw), raw.get("status")
+            tracked = jobs.get(job_id)
+            known = None if tracked is None or job_id in parked else tracked.known
+            if not sweep.quiet(known, fp, status):
+                rows.append(sweep.Row(job_id, fp, status))
+        return rows
 
     def _reconcile_row(self, cycle: Cycle, job_id: int, raw: JsonDict) -> sweep.Row:
         """A show_detail row against the job's last detail: the same means freshly observed

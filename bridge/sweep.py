@@ -27,6 +27,7 @@ __all__ = [
     "fingerprint",
     "phase",
     "plan",
+    "quiet",
     "reconcile_due",
     "row_fingerprint",
 ]
@@ -115,8 +116,12 @@ def plan(
     reconcile_interval_s: float | None,
     transitional_interval_s: float,
     delete_after_misses: int,
+    present: Collection[int] | None = None,
 ) -> Plan:
     """Decide one sweep of one project; ``rows=None`` means the sweep did not complete.
+
+    ``present``: every job id the complete sweep listed, when ``rows`` holds only some of
+    them; the others must be ``quiet`` (the plan would leave them alone anyway).
 
     An incomplete sweep says nothing about absence: it counts no miss and confirms no delete,
     and only brings known jobs up that are due for a transitional or reconcile fetch.
@@ -138,11 +143,22 @@ def plan(
         )
         if reason is not None:
             fetch[row.job_id] = reason
-    seen = {row.job_id for row in rows}
+    seen = present if present is not None else {row.job_id for row in rows}
     missing = tuple(sorted(job_id for job_id in known if job_id not in seen))
     confirm = tuple(j for j in missing if known[j].misses + 1 >= delete_after_misses)
     fetch.update(dict.fromkeys(confirm, Reason.CONFIRM_DELETE))
     return Plan(fetch=fetch, missing=missing, confirm_delete=confirm)
+
+
+def quiet(job: Known | None, fp: bytes, status: str | None) -> bool:
+    """Whether a light row needs no look from ``plan`` (no per-job reconcile): a job fetched
+    before, its row unchanged, not in a transitional status. Most rows of most sweeps."""
+    return (
+        job is not None
+        and job.row_fp == fp
+        and job.detail_at is not None
+        and status not in lifecycle.TRANSITIONAL
+    )
 
 
 def _row_reason(

@@ -16,6 +16,7 @@ from bridge.sweep import (
     Row,
     phase,
     plan,
+    quiet,
     reconcile_due,
     row_fingerprint,
 )
@@ -250,3 +251,41 @@ def test_complete_sweep_never_misses_a_new_or_changed_row(known, rows, misses):
     for job_id in result.confirm_delete:
         assert result.fetch[job_id] is Reason.CONFIRM_DELETE
         assert known[job_id].misses + 1 >= misses
+
+
+@settings(max_examples=400, deadline=None)
+@given(known=_knowns, rows=_rows, misses=st.integers(1, 4))
+def test_leaving_quiet_rows_out_changes_no_plan(known, rows, misses):
+    """The engine hands the plan only the rows that are not quiet (plus every listed id):
+    the plan must come out exactly as if it had seen them all (list mode: no per-job
+    reconcile)."""
+    whole = plan(
+        known,
+        rows,
+        now=NOW,
+        reconcile_interval_s=None,
+        transitional_interval_s=FAST,
+        delete_after_misses=misses,
+    )
+    loud = [row for row in rows if not quiet(known.get(row.job_id), row.fp, row.status)]
+    part = plan(
+        known,
+        loud,
+        now=NOW,
+        reconcile_interval_s=None,
+        transitional_interval_s=FAST,
+        delete_after_misses=misses,
+        present={row.job_id for row in rows},
+    )
+    assert part == whole
+    assert all(
+        job_id not in whole.fetch for job_id in {r.job_id for r in rows} - {r.job_id for r in loud}
+    )
+
+
+def test_a_quiet_row_is_a_fetched_unchanged_settled_job():
+    assert quiet(_known(), FP, "job_running")
+    assert not quiet(None, FP, "job_running")  # new
+    assert not quiet(_known(fp=b"x" * 16), FP, "job_running")  # changed
+    assert not quiet(_known(detail_at=None), FP, "job_running")  # never fetched
+    assert not quiet(_known(), FP, "job_submitting")  # transitional: maybe fast lane
