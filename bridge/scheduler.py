@@ -174,19 +174,22 @@ async def ticks(
 ) -> AsyncGenerator[float, None]:
     """Drift-free ticks until ``stop``: yields each tick's nominal loop time.
 
-    The first tick is due at once (plus a jitter); the n-th after it at ``start + phase_s +
-    n * period_s`` plus a fresh jitter, however long the work between ticks took; ticks
-    missed by slow work are skipped, never bunched up. Loops given different phases spread
-    their work over the period instead of all waking together.
+    The loop draws one offset in ``[0, jitter_s]`` when it starts and keeps it: the first tick
+    is due at ``start + offset``, the n-th after it at ``start + phase_s + offset + n *
+    period_s``, however long the work between ticks took; ticks missed by slow work are
+    skipped, never bunched up. Loops given different phases and offsets spread their work
+    over the period instead of all waking together, and the gap between two ticks is the
+    period itself, never the period plus a jitter: a change waits at most one period.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    if not await wait_stop(stop, start + rng.uniform(0.0, jitter_s)):
+    offset = rng.uniform(0.0, jitter_s)
+    if not await wait_stop(stop, start + offset):
         return
     yield start
-    grid = start + phase_s
+    grid = start + phase_s + offset
     n = max(1, math.ceil((loop.time() - grid) / period_s))
-    while await wait_stop(stop, grid + n * period_s + rng.uniform(0.0, jitter_s)):
+    while await wait_stop(stop, grid + n * period_s):
         yield grid + n * period_s
         n = max(n + 1, math.ceil((loop.time() - grid) / period_s))
 

@@ -145,6 +145,25 @@ async def test_ticks_do_not_drift_when_work_is_slow():
     assert loop.time() >= seen[-1]
 
 
+async def test_ticks_keep_one_random_offset_so_the_gap_is_the_period():
+    """The jitter places a loop once; it never stretches the gap between two polls."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    woke: list[float] = []
+    nominal: list[float] = []
+    async for tick in ticks(0.05, 0.04, stop, random.Random(3), phase_s=0.01):
+        woke.append(loop.time())
+        nominal.append(tick)
+        if len(woke) == 6:
+            break
+    later = nominal[1:]
+    assert all(abs((b - a) - 0.05) < 1e-9 for a, b in itertools.pairwise(later))
+    offset = later[0] - nominal[0] - 0.01 - 0.05
+    assert 0.0 <= offset <= 0.04
+    assert woke[0] - nominal[0] >= offset - 1e-3  # the first tick waited its offset too
+    assert all(w >= t for w, t in zip(woke[1:], later, strict=True))
+
+
 async def test_ticks_end_when_stopped():
     stop = asyncio.Event()
     got = []
