@@ -136,6 +136,10 @@ class Membership:
             "max_partition_fetch_bytes": 1024,
             "fetch_max_bytes": 1024,
             "max_poll_records": 1,
+            # aiokafka's fetch routine wakes this often to look for work even when every
+            # partition is paused (10 wake-ups a second per instance at its 200 ms default);
+            # assignments and resumes wake it at once anyway
+            "consumer_timeout_ms": 5000,
         }
         self._state = _State.UNOPENED
         self._consumer: Any = None
