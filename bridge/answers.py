@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Unpack
 
@@ -201,25 +201,25 @@ async def exchange(
     headers: Mapping[str, str],
     body: bytes,
     timeout_s: float,
-    context: ApiErrorContext,
+    context: Callable[[], ApiErrorContext],
     label: str = "",
 ) -> tuple[int, CIMultiDictProxy[str], bytes]:
     """One HTTP request and its whole answer; no answer at all becomes ``ApiUnavailable``.
 
     The one place aiohttp's failures (timeouts, refused or reset connections, broken
     answers) are mapped, for the DLI client and the IAM token auth alike; ``label`` prefixes
-    the message (``"IAM"``).
+    the message (``"IAM"``). ``context`` is called only to name a failure.
     """
-    prefix = f"{label}: " if label else ""
     try:
         async with (
             asyncio.timeout(timeout_s),
-            session.request(method, url, headers=dict(headers), data=body or None) as response,
+            session.request(method, url, headers=headers, data=body or None) as response,
         ):
             raw = await response.read()
     except TimeoutError as exc:
-        raise ApiUnavailable(f"{prefix}no answer within {timeout_s} s", **context) from exc
+        text = f"{label}: " * bool(label) + f"no answer within {timeout_s} s"
+        raise ApiUnavailable(text, **context()) from exc
     except aiohttp.ClientError as exc:
-        text = f"{prefix}request failed: {type(exc).__name__}: {exc}"
-        raise ApiUnavailable(text, **context) from exc
+        text = f"{label}: " * bool(label) + f"request failed: {type(exc).__name__}: {exc}"
+        raise ApiUnavailable(text, **context()) from exc
     return response.status, response.headers, raw

@@ -309,7 +309,7 @@ class IamTokenAuth:
             headers=headers,
             body=body,
             timeout_s=self._timeout_s,
-            context=context,
+            context=lambda: context,
             label="IAM",
         )
         return self._parse(status, answer_headers, raw, started, project_id)

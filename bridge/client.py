@@ -372,12 +372,12 @@ class DliClient:
             headers=request.headers,
             body=request.body,
             timeout_s=self.settings.request_timeout_s,
-            context=call.context(),
+            context=call.context,
         )
         request_id = headers.get(REQUEST_ID_HEADER)
-        log.debug(
-            "%s %s -> %d", call.method, call.url.path, status, extra={"request_id": request_id}
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            extra = {"request_id": request_id}
+            log.debug("%s %s -> %d", call.method, call.url.path, status, extra=extra)
         return Answer(status, body, headers.get("Retry-After"), request_id)
 
     async def _pause(self, call: Call, error: ApiError, attempt: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from bridge.retry import Clock, Sleep
 
@@ -95,6 +97,6 @@ class BucketGroup:
             self._buckets[key] = bucket
         return bucket
 
-    async def acquire(self, key: str) -> None:
-        """Take a token from ``key``'s bucket, waiting when it is empty."""
-        await self[key].acquire()
+    def acquire(self, key: str) -> Coroutine[Any, Any, None]:
+        """Take a token from ``key``'s bucket, waiting when it is empty (await it)."""
+        return self[key].acquire()

@@ -152,7 +152,7 @@ async def test_exchange_returns_status_headers_and_body():
     app.router.add_post("/echo", handler)
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         status, headers, body = await exchange(
-            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context={}
+            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context=dict
         )
     assert (status, headers["X-Request-Id"], body) == (418, "r", b"hi")
 
@@ -168,12 +168,12 @@ async def test_exchange_maps_a_refused_connection_and_a_timeout():
         with pytest.raises(ApiUnavailable, match=r"^IAM: no answer within 0\.05 s") as late:
             await exchange(
                 session, "GET", url / "slow", headers={}, body=b"", timeout_s=0.05,
-                context={"project_id": "p1"}, label="IAM",
+                context=lambda: {"project_id": "p1"}, label="IAM",
             )  # fmt: skip
         with pytest.raises(ApiUnavailable, match=r"^request failed: ClientConnector") as refused:
             await exchange(
                 session, "GET", yarl.URL("http://127.0.0.1:9/"), headers={}, body=b"",
-                timeout_s=5.0, context={},
+                timeout_s=5.0, context=dict,
             )  # fmt: skip
     assert late.value.project_id == "p1"
     assert isinstance(late.value.__cause__, TimeoutError)

@@ -94,16 +94,21 @@ def _settings(base_url: str, c: int) -> ApiSettings:
     )
 
 
-async def _client(base_url: str, targets: list[Target], n: int, c: int) -> Figures:
+async def _client(
+    base_url: str, targets: list[Target], n: int, c: int, *, raw: bool = False
+) -> Figures:
+    """``get_job`` (parsed and validated), or with ``raw`` the engine's ``get_job_body``."""
     async with (
         new_session() as session,
         DliClient(_settings(base_url, c), NoAuth(), session) as client,
     ):
+        call = client.get_job_body if raw else client.get_job
 
         async def one(target: Target) -> None:
-            await client.get_job(*target)
+            await call(*target)
 
-        return await _drive("DliClient.get_job", targets, n, c, one)
+        name = "DliClient.get_job_body" if raw else "DliClient.get_job"
+        return await _drive(name, targets, n, c, one)
 
 
 async def _targets(base_url: str) -> list[Target]:
@@ -127,6 +132,7 @@ async def _bench(base_url: str, n: int, c: int, rounds: int) -> None:
     for _ in range(rounds):
         print((await _bare(base_url, targets, n, c)).line())
         print((await _client(base_url, targets, n, c)).line())
+        print((await _client(base_url, targets, n, c, raw=True)).line())
 
 
 def main() -> None:
