@@ -144,6 +144,10 @@ def test_iam_error_for_maps_status_and_scrubs_the_password(status, body, error, 
 # --- the exchange ------------------------------------------------------------------------------
 
 
+def _nowhere() -> ApiErrorContext:
+    return {}
+
+
 async def test_exchange_returns_status_headers_and_body():
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=418, body=await request.read(), headers={"X-Request-Id": "r"})
@@ -152,7 +156,7 @@ async def test_exchange_returns_status_headers_and_body():
     app.router.add_post("/echo", handler)
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         status, headers, body = await exchange(
-            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context=dict
+            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context=_nowhere
         )
     assert (status, headers["X-Request-Id"], body) == (418, "r", b"hi")
 
@@ -173,7 +177,7 @@ async def test_exchange_maps_a_refused_connection_and_a_timeout():
         with pytest.raises(ApiUnavailable, match=r"^request failed: ClientConnector") as refused:
             await exchange(
                 session, "GET", yarl.URL("http://127.0.0.1:9/"), headers={}, body=b"",
-                timeout_s=5.0, context=dict,
+                timeout_s=5.0, context=_nowhere,
             )  # fmt: skip
     assert late.value.project_id == "p1"
     assert isinstance(late.value.__cause__, TimeoutError)

@@ -40,8 +40,13 @@ async def test_a_trim_freezes_what_is_alive_and_collects_young_cycles_first():
     kept = [Node() for _ in range(50)]
     cycle = Node()
     cycle.me = cycle  # type: ignore[attr-defined]
-    freed = []
-    gc.callbacks.append(lambda phase, info: phase == "stop" and freed.append(info["collected"]))
+    freed: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            freed.append(info["collected"])
+
+    gc.callbacks.append(count)
     del cycle
     trimmer = Trimmer(min_jobs=1, delay_s=0.01)
     try:
@@ -54,5 +59,5 @@ async def test_a_trim_freezes_what_is_alive_and_collects_young_cycles_first():
         assert not frozen & {id(o) for o in gc.get_objects()}  # out of every generation
         assert sum(freed) >= 1  # the garbage cycle went before the freeze
     finally:
-        gc.callbacks.pop()
+        gc.callbacks.remove(count)
         gc.unfreeze()
