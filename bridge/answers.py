@@ -210,6 +210,7 @@ async def exchange(
     answers) are mapped, for the DLI client and the IAM token auth alike; ``label`` prefixes
     the message (``"IAM"``). ``context`` is called only to name a failure.
     """
+    prefix = f"{label}: " if label else ""
     try:
         async with (
             asyncio.timeout(timeout_s),
@@ -217,9 +218,8 @@ async def exchange(
         ):
             raw = await response.read()
     except TimeoutError as exc:
-        text = f"{label}: " * bool(label) + f"no answer within {timeout_s} s"
-        raise ApiUnavailable(text, **context()) from exc
+        raise ApiUnavailable(f"{prefix}no answer within {timeout_s} s", **context()) from exc
     except aiohttp.ClientError as exc:
-        text = f"{label}: " * bool(label) + f"request failed: {type(exc).__name__}: {exc}"
+        text = f"{prefix}request failed: {type(exc).__name__}: {exc}"
         raise ApiUnavailable(text, **context()) from exc
     return response.status, response.headers, raw

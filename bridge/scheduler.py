@@ -524,12 +524,10 @@ class Scheduler:
         """Which jobs get a detail call this cycle, and which of them are delete checks."""
         cfg, project = self.config, cycle.project
         rows = None
-        if cycle.rows is None:
-            pass
-        elif cycle.reconcile:
+        if cycle.rows is not None and cycle.reconcile:
             rows = [self._reconcile_row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
-        else:
-            rows = self._light_rows(cycle)
+        elif cycle.rows is not None:
+            rows = self._light_rows(cycle, cycle.rows)
         plan = sweep.plan(
             _Knowns(project.watched()),
             rows,
@@ -565,14 +563,15 @@ class Scheduler:
         last = self._reconciled.setdefault(project_id, now - (1.0 - phase_of(project_id)) * every)
         return now - last >= every
 
-    def _light_rows(self, cycle: Cycle) -> list[sweep.Row]:
-        """The light rows the plan must look at: the quiet ones (most) are left out."""
-        jobs, parked = cycle.project.jobs, cycle.project.parked
+    def _light_rows(self, cycle: Cycle, listed: Mapping[int, JsonDict]) -> list[sweep.Row]:
+        """The light rows the plan must look at: the quiet ones (most) are left out. The rows
+        are inside the filters, so none of their jobs is parked (``_filtered`` unparked them)."""
+        jobs = cycle.project.jobs
         rows = []
-        for job_id, raw in (cycle.rows or {}).items():
+        for job_id, raw in listed.items():
             fp, status = self._row_fp(cycle, job_id, raw), raw.get("status")
             tracked = jobs.get(job_id)
-            known = None if tracked is None or job_id in parked else tracked.known
+            known = None if tracked is None else tracked.known
             if not sweep.quiet(known, fp, status):
                 rows.append(sweep.Row(job_id, fp, status))
         return rows
