@@ -391,6 +391,7 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
         )
         async with bridge_process(config, log) as first:
             await wait_process_ready(port, first)
+            ready = time.time() * 1000
             await drive(sim, seconds=3.0, per_s=4.0)
             first.send_signal(signal.SIGKILL)
             killed = time.time() * 1000
@@ -412,7 +413,9 @@ async def test_watermarks_hold_across_a_sigkill_of_the_run_process(
         sim.changes(),
         interval_s=INTERVAL_S,
         window_ms=window,
-        paused_ms=[(killed, restarted)],  # nobody polled between the kill and the restart
+        # nobody polled before the first process was ready, nor between the kill and the
+        # restart: a job created then and moved on before the first poll shows as discovered
+        paused_ms=[(0.0, ready), (killed, restarted)],
     )
     assert not problems, "\n".join(problems[:10])
     assert checked > 50
