@@ -358,22 +358,19 @@ class DliClient:
             async with self._in_flight:
                 self._busy += 1
                 try:
-                    return await self._exchange(request, call)
+                    status, headers, body = await exchange(
+                        self.session,
+                        request.method,
+                        request.url,
+                        headers=request.headers,
+                        body=request.body,
+                        timeout_s=self.settings.request_timeout_s,
+                        context=call.context,
+                    )
                 finally:
                     self._busy -= 1
         except ApiError as exc:  # no answer, or the credential could not be had
             return exc
-
-    async def _exchange(self, request: OutgoingRequest, call: Call) -> Answer:
-        status, headers, body = await exchange(
-            self.session,
-            request.method,
-            request.url,
-            headers=request.headers,
-            body=request.body,
-            timeout_s=self.settings.request_timeout_s,
-            context=call.context,
-        )
         request_id = headers.get(REQUEST_ID_HEADER)
         if log.isEnabledFor(logging.DEBUG):
             extra = {"request_id": request_id}

@@ -449,7 +449,8 @@ class Scheduler:
             through = cycle.observed_through() if full else None
             committed = await self._commit(runner, cycle, through)
         if full:
-            self._note_watermark(cycle, through if committed else None)
+            waiting = committed and cycle.project.project_id in runner.marks
+            self._note_watermark(cycle, through if committed else None, waiting=waiting)
         if not committed:
             return "aborted"
         for request in answered:
@@ -695,12 +696,22 @@ class Scheduler:
         """Write what the cycle saw, batch by batch; state moves after each write returns.
 
         The watermark (``through``) rides in the last batch: a reader that sees it has seen
-        every event of the cycle (one transaction under exactly-once).
+        every event of the cycle (one transaction under exactly-once). A quiet cycle (nothing
+        but its watermark to write) on a shard that wrote less than half an interval ago pays
+        no transaction of its own: its watermark waits for the shard's next write, which
+        carries every waiting watermark. If none comes, the project's next cycle writes (the
+        shard's last write is then over an interval old): a watermark waits one interval at
+        most, and projects sharing a shard share its transactions while they are quiet.
         """
+        pid = cycle.project.project_id
         dead = list(cycle.dead.items())
         for seen in cycle.seen:  # requested snapshots are always published
             kind = seen.change.kind
             seen.publish = kind is ChangeKind.SNAPSHOT or self._filter.publishes(kind)
+        quiet = not cycle.seen and not dead
+        if through is not None and quiet and self._may_wait(runner, cycle.project):
+            runner.marks[pid] = (self._mark(cycle, through), through)
+            return True
         pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS))
         if not pieces and (dead or through is not None):
             pieces = [()]
@@ -712,17 +723,44 @@ class Scheduler:
                 options=self.config.event_options,
                 generation=runner.stamp,
             )
-            if through is not None and index == len(pieces) - 1:
-                records = dataclasses.replace(records, watermarks=[self._mark(cycle, through)])
+            carried = self._take_marks(runner, cycle, through) if index == len(pieces) - 1 else {}
+            if carried:
+                marks = [record for record, _ in carried.values()]
+                records = dataclasses.replace(records, watermarks=marks)
             if not await runner.write(cycle.epoch, records):
                 self.metrics.transactions.labels("failed").inc()
+                carried.pop(pid, None)
+                if runner.epoch == cycle.epoch:  # still true: the next write carries them
+                    runner.marks = carried | runner.marks
                 return False
             self.metrics.transactions.labels("committed").inc()
+            runner.written_at = self._clock()
             self._trimmer.after_write(len(piece))
             cycle.project.commit(piece, [key for key, _ in dead])
             self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
             dead = []
+            for project_id, (_, marked) in carried.items():
+                if project_id != pid:  # the cycle's own: _note_watermark, after the commit
+                    self._advance_watermark(runner.projects[project_id], marked)
         return True
+
+    def _take_marks(
+        self, runner: ShardRunner, cycle: Cycle, through: float | None
+    ) -> dict[str, tuple[events.OutRecord, float]]:
+        """The watermarks the cycle's last write carries: the shard's waiting ones, and the
+        cycle's own (which replaces its project's waiting one)."""
+        carried, runner.marks = runner.marks, {}
+        if through is not None:
+            carried[cycle.project.project_id] = (self._mark(cycle, through), through)
+        return carried
+
+    def _may_wait(self, runner: ShardRunner, project: ProjectState) -> bool:
+        """Whether a quiet cycle's watermark may wait for the shard's next write (never while
+        the project's watermark is stalled: the first complete cycle says so at once)."""
+        written = runner.written_at
+        if written is None or project.stalled_since is not None:
+            return False
+        return self._clock() - written < self.config.interval_s / 2
 
     # --- re-snapshot ----------------------------------------------------------------------
 
@@ -773,16 +811,22 @@ class Scheduler:
             mode=self.config.mode,
         )
 
-    def _note_watermark(self, cycle: Cycle, through: float | None) -> None:
+    def _advance_watermark(self, project: ProjectState, through: float) -> None:
+        """A write carrying the project's watermark ``through`` returned."""
+        pid = project.project_id
+        project.watermark_at = max(project.watermark_at, through)
+        self.metrics.watermark.labels(pid).set(project.watermark_at)
+        if project.stalled_since is not None:
+            log.info("project %s: watermark advancing again (%s)", pid, utc(through))
+            project.stalled_since = None
+            self.metrics.watermark_stalled_since.labels(pid).set(0)
+
+    def _note_watermark(self, cycle: Cycle, through: float | None, *, waiting: bool) -> None:
         """Advance the project's watermark, or note (once) since when it is stalled."""
         project, pid = cycle.project, cycle.project.project_id
         if through is not None:
-            project.watermark_at = through
-            self.metrics.watermark.labels(pid).set(through)
-            if project.stalled_since is not None:
-                log.info("project %s: watermark advancing again (%s)", pid, utc(through))
-                project.stalled_since = None
-                self.metrics.watermark_stalled_since.labels(pid).set(0)
+            if not waiting:
+                self._advance_watermark(project, through)
             return
         if project.stalled_since is not None:
             return

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridge.errors import ProducerFencedError, SinkError
+from bridge.events import OutRecord
 from bridge.sink import Batch, ShardWriter, Sink, StillOurs
 from bridge.tracking import ProjectState, restore
 
@@ -103,6 +104,10 @@ class ShardRunner:
         self._still_ours = still_ours
         self._on_fenced = on_fenced
         self.restore_records = 0
+        # Watermarks of quiet cycles waiting to ride the shard's next write (project -> record
+        # and its observed-through), see Scheduler._commit.
+        self.marks: dict[str, tuple[OutRecord, float]] = {}
+        self.written_at: float | None = None  # the last write that returned (epoch seconds)
         self.revoked = False  # set by a revoke: cycles in flight are cancelled, not awaited
         self.restore_seconds = 0.0
 
@@ -159,6 +164,7 @@ class ShardRunner:
             self.projects, ignored = restore(self.projects, restored)
         self._writer, self._failures, self.status = writer, 0, "ready"
         self.epoch += 1
+        self.marks.clear()  # they described the state before the reopen
         self.restore_seconds = time.monotonic() - started
         self.restore_records = 0 if restored is None else len(restored)
         log.info(

@@ -623,6 +623,52 @@ async def test_watermarks_advance_with_complete_sweeps_and_stall_while_throttled
     assert "watermark stalled" in caplog.text
 
 
+def _ok_cycles(eng: Engine, mode: str) -> float:
+    return float(eng.metrics.polls.labels(mode, "ok")._value.get())
+
+
+async def test_quiet_cycles_sharing_a_shard_share_its_transactions(make_simulator):
+    """A quiet cycle's watermark waits for the shard's next write when one carried it less
+    than half an interval ago: projects sharing a shard pay fewer transactions than cycles,
+    and each project's watermark still moves on at least once per interval or so."""
+    from datetime import datetime
+
+    interval = 0.2
+    async with make_simulator(projects=16, jobs_per_project=2) as (sim, url):
+        by_shard: dict[int, list[str]] = {}
+        for pid in sim.project_ids:
+            by_shard.setdefault(shard_of(pid, PARTITIONS), []).append(pid)
+        shared = max(by_shard.values(), key=len)
+        assert len(shared) >= 4
+        async with engine(url, shared, mode="list", interval_s=interval) as eng:
+            await until(lambda: all(len(_watermarks(eng, p)) >= 2 for p in shared), "first")
+            writes, cycles = eng.sink.writes, _ok_cycles(eng, "list")
+            await asyncio.sleep(3.0)
+            writes, cycles = eng.sink.writes - writes, _ok_cycles(eng, "list") - cycles
+            marks = {p: _watermarks(eng, p) for p in shared}
+            gauges = {p: eng.metrics.watermark.labels(p)._value.get() for p in shared}
+    assert cycles >= 40
+    assert writes <= 0.5 * cycles, (writes, cycles)  # a write per cycle before
+    for pid, records in marks.items():
+        times = [datetime.fromisoformat(m["observed_through"]).timestamp() for m in records]
+        assert times == sorted(times)
+        gaps = [b - a for a, b in itertools.pairwise(times[1:])]
+        assert max(gaps) < 2 * interval + 0.3, (pid, gaps)  # written by the next cycle at worst
+        assert gauges[pid] == pytest.approx(times[-1], abs=1e-3)  # the metric: what is written
+
+
+async def test_a_project_alone_on_its_shard_writes_its_watermark_every_cycle(make_simulator):
+    async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
+        pid = sim.project_ids[0]
+        async with engine(url, [pid], mode="detail", interval_s=0.2) as eng:
+            await until(lambda: len(_watermarks(eng, pid)) >= 2, "first")
+            writes, cycles = eng.sink.writes, _ok_cycles(eng, "detail")
+            await asyncio.sleep(2.0)
+            writes, cycles = eng.sink.writes - writes, _ok_cycles(eng, "detail") - cycles
+    assert cycles >= 6
+    assert writes >= cycles - 1  # nobody else's write to wait for
+
+
 # --- re-snapshot (issue 11) -------------------------------------------------------------------
 
 
