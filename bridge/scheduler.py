@@ -418,16 +418,27 @@ class Scheduler:
             async for nominal in beats:
                 await self._poll(runner, project_id, full=True)
                 next_due = nominal + cfg.interval_s
-                # Between sweeps, jobs in transitional states get their own faster polls (not
-                # in sweep mode: there only a delete is ever confirmed with a detail call).
+                # Between sweeps, jobs that moved into a transitional status get their own
+                # faster polls (not in sweep mode: there only a delete is ever confirmed with
+                # a detail call); a project whose transitional jobs all sat there longer than
+                # the fast lane lasts waits for its next sweep.
                 while (
                     cfg.mode != "sweep"
-                    and runner.projects[project_id].transitional
+                    and self._fast_lane(runner.projects[project_id])
                     and loop.time() + fast < next_due
                 ):
                     if not await wait_stop(runner.stop, loop.time() + fast):
                         return
                     await self._poll(runner, project_id, full=False)
+
+    def _fast_lane(self, project: ProjectState) -> bool:
+        """Whether a job of the project is in the fast lane (see ``sweep.in_fast_lane``)."""
+        now, jobs = self._clock(), project.jobs
+        return any(
+            sweep.in_fast_lane(jobs[j].known, now, self.config.transitional_interval_s)
+            for j in project.transitional
+            if j in jobs
+        )
 
     async def _poll(self, runner: ShardRunner, project_id: str, *, full: bool) -> None:
         if not await runner.ensure_open():
@@ -529,8 +540,11 @@ class Scheduler:
             rows = [self._reconcile_row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
         elif cycle.rows is not None:
             rows = self._light_rows(cycle, cycle.rows)
+        watched = project.watched()
+        if not full:  # between sweeps only jobs in a transitional status are looked at
+            watched = {j: watched[j] for j in project.transitional if j in watched}
         plan = sweep.plan(
-            _Knowns(project.watched()),
+            _Knowns(watched),
             rows,
             now=self._clock(),
             reconcile_interval_s=None,  # list mode reconciles a project at a time

@@ -25,6 +25,7 @@ __all__ = [
     "Reason",
     "Row",
     "fingerprint",
+    "in_fast_lane",
     "phase",
     "plan",
     "quiet",
@@ -184,12 +185,18 @@ def _due(
     if (
         status in lifecycle.TRANSITIONAL
         and now - job.detail_at >= transitional_s
-        and (job.status_since is None or now - job.status_since < FAST_LANE_POLLS * transitional_s)
+        and in_fast_lane(job, now, transitional_s)
     ):
         return Reason.TRANSITIONAL
     if reconcile_s is not None and reconcile_due(job_id, job.detail_at, now, reconcile_s):
         return Reason.RECONCILE
     return None
+
+
+def in_fast_lane(job: Known, now: float, transitional_s: float) -> bool:
+    """Whether a job in a transitional status still gets fast polls: it moved there less
+    than ``FAST_LANE_POLLS`` fast polls ago (a job found there, or restored, never does)."""
+    return job.status_since is None or now - job.status_since < FAST_LANE_POLLS * transitional_s
 
 
 def phase(job_id: int) -> float:

@@ -58,10 +58,19 @@ async def test_a_job_found_in_a_transitional_status_gets_no_fast_lane(make_simul
     watched = one_job(make_simulator, JobStatus.SUBMITTING, transitional_interval_s=0.05)
     async with watched as (sim, eng, pid, _):
         before = eng.requests(sim, "detail", pid)
+        polls = _polls(eng)
         await asyncio.sleep(0.6)  # a sweep and a dozen fast-lane slots
         late = eng.requests(sim, "detail", pid) - before
+        polls = _polls(eng) - polls
     assert before == 1  # the discovery's own detail call
     assert late == 0
+    assert polls <= 2  # the sweeps only: no empty fast-lane cycles every 50 ms in between
+
+
+def _polls(eng: Engine) -> float:
+    return sum(
+        eng.metrics.polls.labels("list", outcome)._value.get() for outcome in ("ok", "incomplete")
+    )
 
 
 async def test_a_restored_job_gets_no_fast_lane_until_it_moves(make_simulator):
