@@ -535,9 +535,11 @@ class Scheduler:
     def _decide(self, cycle: Cycle, *, full: bool) -> tuple[list[int], frozenset[int]]:
         """Which jobs get a detail call this cycle, and which of them are delete checks."""
         cfg, project = self.config, cycle.project
-        rows = None
+        rows: list[sweep.Row] | None = None
         if cycle.rows is not None and cycle.reconcile:
             rows = [self._reconcile_row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
+        elif cycle.rows is not None and cfg.mode == "detail":
+            rows = []  # every job is fetched: the plan only counts the missing ones
         elif cycle.rows is not None:
             rows = self._light_rows(cycle, cycle.rows)
         watched = project.watched()
@@ -614,13 +616,10 @@ class Scheduler:
         return sweep.Row(job_id, b"", raw.get("status"), same=same)
 
     def _row_fp(self, cycle: Cycle, job_id: int, raw: JsonDict) -> bytes:
-        mode = self.config.mode
-        if mode == "list":
+        if self.config.mode == "list":
             fp = sweep.row_fingerprint(raw, self.config.ignore, self._fp_key)
-        elif mode == "sweep":
-            fp = fingerprint(orjson.dumps(raw), self._fp_key)
         else:
-            return b""  # detail mode fetches every job anyway
+            fp = fingerprint(orjson.dumps(raw), self._fp_key)
         cycle.row_fps[job_id] = fp
         return fp
 
