@@ -68,9 +68,8 @@ async def test_a_job_found_in_a_transitional_status_gets_no_fast_lane(make_simul
 
 
 def _polls(eng: Engine) -> float:
-    return sum(
-        eng.metrics.polls.labels("list", outcome)._value.get() for outcome in ("ok", "incomplete")
-    )
+    values = [eng.metrics.polls.labels("list", o)._value.get() for o in ("ok", "incomplete")]
+    return float(sum(values))
 
 
 async def test_a_restored_job_gets_no_fast_lane_until_it_moves(make_simulator):
