@@ -460,7 +460,10 @@ class Scheduler:
             through = cycle.observed_through() if full else None
             committed = await self._commit(runner, cycle, through)
         if full:
-            waiting = committed and cycle.project.project_id in runner.marks
+            pid = cycle.project.project_id
+            if through is None or not committed:
+                runner.marks.pop(pid, None)  # stalled: no later write may say it advanced
+            waiting = committed and pid in runner.marks
             self._note_watermark(cycle, through if committed else None, waiting=waiting)
         if not committed:
             return "aborted"

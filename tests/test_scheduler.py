@@ -657,6 +657,35 @@ async def test_quiet_cycles_sharing_a_shard_share_its_transactions(make_simulato
         assert gauges[pid] == pytest.approx(times[-1], abs=1e-3)  # the metric: what is written
 
 
+async def test_a_stalled_project_on_a_shared_shard_stays_stalled(make_simulator, caplog):
+    """A watermark still waiting when its project stalls is dropped, not carried by another
+    project's write: that would report the project advancing again while it is failing."""
+    async with make_simulator(projects=16, jobs_per_project=2) as (sim, url):
+        by_shard: dict[int, list[str]] = {}
+        for pid in sim.project_ids:
+            by_shard.setdefault(shard_of(pid, PARTITIONS), []).append(pid)
+        shared = max(by_shard.values(), key=len)
+        async with engine(url, shared, mode="list", interval_s=0.2) as eng:
+            await until(lambda: all(len(_watermarks(eng, p)) >= 3 for p in shared), "marks")
+            stalled = {p: eng.metrics.watermark_stalled_since.labels(p) for p in shared}
+            for pid in shared:
+                sim.set_faults(pid, throttle_per_s=0.001)
+            await until(lambda: all(g._value.get() > 0 for g in stalled.values()), "stalls")
+            throttled = {p: len(_watermarks(eng, p)) for p in shared}
+            sim.set_faults(shared[0], throttle_per_s=0)  # its writes go on; the others stall
+            flapped = set()
+            for _ in range(16):
+                await asyncio.sleep(0.05)
+                flapped |= {p for p in shared[1:] if stalled[p]._value.get() == 0}
+            after = {p: len(_watermarks(eng, p)) for p in shared}
+    assert not flapped
+    assert all(after[p] == throttled[p] for p in shared[1:])
+    assert after[shared[0]] > throttled[shared[0]]
+    assert "advancing again" not in "".join(
+        r.getMessage() for r in caplog.records if shared[1] in r.getMessage()
+    )
+
+
 async def test_a_project_alone_on_its_shard_writes_its_watermark_every_cycle(make_simulator):
     async with make_simulator(projects=1, jobs_per_project=3) as (sim, url):
         pid = sim.project_ids[0]
