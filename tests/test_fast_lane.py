@@ -8,7 +8,7 @@ from typing import Any
 from bridge.lifecycle import JobStatus
 from bridge.simulator import Simulator
 from bridge.sweep import FAST_LANE_POLLS
-from tests.test_scheduler import Engine, engine, until
+from tests.test_scheduler import Engine, engine, polls, until
 
 
 @asynccontextmanager
@@ -58,18 +58,13 @@ async def test_a_job_found_in_a_transitional_status_gets_no_fast_lane(make_simul
     watched = one_job(make_simulator, JobStatus.SUBMITTING, transitional_interval_s=0.05)
     async with watched as (sim, eng, pid, _):
         before = eng.requests(sim, "detail", pid)
-        polls = _polls(eng)
+        cycles = polls(eng, "list", ("ok", "incomplete"))
         await asyncio.sleep(0.6)  # a sweep and a dozen fast-lane slots
         late = eng.requests(sim, "detail", pid) - before
-        polls = _polls(eng) - polls
+        cycles = polls(eng, "list", ("ok", "incomplete")) - cycles
     assert before == 1  # the discovery's own detail call
     assert late == 0
-    assert polls <= 2  # the sweeps only: no empty fast-lane cycles every 50 ms in between
-
-
-def _polls(eng: Engine) -> float:
-    values = [eng.metrics.polls.labels("list", o)._value.get() for o in ("ok", "incomplete")]
-    return float(sum(values))
+    assert cycles <= 2  # the sweeps only: no empty fast-lane cycles every 50 ms in between
 
 
 async def test_a_restored_job_gets_no_fast_lane_until_it_moves(make_simulator):
