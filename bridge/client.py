@@ -265,6 +265,18 @@ class DliClient:
         query = _list_query(show_detail, {})
         return self._pages(project_id, query, None, self._row_page, _row_id)
 
+    async def count_jobs(self, project_id: str) -> int | None:
+        """How many jobs the project's list holds, from one request for one light row.
+
+        None when the answer does not prove it: ``total_count`` absent, or no more than the
+        rows on the page (DLI's docs leave open whether it counts the page or every match;
+        a count above the page's one row can only be every match).
+        """
+        query = _list_query(False, {}) | {"offset": "0", "limit": "1"}
+        doc, rows = await self._row_doc(project_id, query)
+        total = doc["job_list"].get("total_count")  # a checked page has its job_list object
+        return total if type(total) is int and total > len(rows) else None
+
     async def _pages(
         self,
         project_id: str,
@@ -304,13 +316,19 @@ class DliClient:
         return _rows(doc, body, answer, call)
 
     async def _row_page(self, project_id: str, query: dict[str, str]) -> list[EngineRow]:
+        return (await self._row_doc(project_id, query))[1]
+
+    async def _row_doc(
+        self, project_id: str, query: dict[str, str]
+    ) -> tuple[dict[str, Any], list[EngineRow]]:
+        """A list page's body and its rows, checked as ``iter_rows`` says."""
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         rows = _lean_rows(doc)
         if rows is None:  # something to coerce or to refuse: pydantic decides, with its errors
             body = validate(JobRowsResponse, doc, answer, call)
             rows = [(row.model.job_id, row.raw) for row in _rows(doc, body, answer, call)]
-        return rows
+        return doc, rows
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)

@@ -93,6 +93,8 @@ class JobApi(Protocol):
 
     async def get_job_body(self, project_id: str, job_id: int) -> bytes: ...
 
+    async def count_jobs(self, project_id: str) -> int | None: ...
+
     def breaker_state(self, project_id: str) -> BreakerState: ...
 
 
@@ -472,14 +474,16 @@ class Scheduler:
             self._requests.get(request.project_id, {}).pop(request.request_id, None)
         if cycle.rows is not None:
             cycle.project.note_sweep(cycle.rows)
-        return "incomplete" if full and cycle.rows is None else "ok"
+        return "incomplete" if full and cycle.present is None else "ok"
 
     async def _observe(self, cycle: Cycle, *, full: bool) -> list[SnapshotRequest]:
         """Sweep, decide, fetch and judge; the re-snapshot requests this cycle answers."""
         if full:
             cycle.started = self._clock()
             cycle.reconcile = self._reconcile_due(cycle.project.project_id, cycle.started)
-            cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
+            cycle.counted = await self._count(cycle)
+            if not cycle.counted:
+                cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
             if cycle.reconcile and cycle.rows is not None:
                 self._reconciled[cycle.project.project_id] = cycle.started
         fetch, confirm = self._decide(cycle, full=full)
@@ -490,6 +494,8 @@ class Scheduler:
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
         await self._fetch_all(cycle, fetch, confirm)
+        if cycle.counted and (cycle.failed or cycle.not_found):
+            await self._list_instead(cycle)
         return self._answer(cycle, requests) if full else []
 
     # --- sweep and decisions ---------------------------------------------------------------
@@ -506,14 +512,56 @@ class Scheduler:
                 started = time.perf_counter()
                 rows.update(page)
         except ApiError as exc:
-            self._api_done("list", _api_outcome(exc), started)
-            if isinstance(exc, MalformedResponse):
-                cycle.dead_letter(None, exc, self._clock())
-            self._sweep_state(cycle.project, exc)
+            self._sweep_failed(cycle, exc, started)
             return None
-        self._sweep_state(cycle.project, None)
-        self.metrics.last_sweep.labels(pid).set(self._clock())
+        self._swept(cycle)
         return rows
+
+    async def _count(self, cycle: Cycle) -> bool:
+        """Detail mode: whether the project's job count equals the jobs we know, so that the
+        list need not be read (one request for one row instead of a page per 100 jobs).
+
+        Every known job gets its detail call anyway; if each answers, the count proves no job
+        came or went (see ``Cycle.present``). Not while the project is still discovered, nor
+        while it has parked jobs (they get no detail call to prove them there).
+        """
+        project = cycle.project
+        if self.config.mode != "detail" or project.discovering or project.parked:
+            return False
+        if len(project.jobs) < 2:  # a count of one row cannot tell "every match" from "page"
+            return False
+        started = time.perf_counter()
+        try:
+            total = await self._api.count_jobs(project.project_id)
+        except ApiError as exc:
+            self._sweep_failed(cycle, exc, started)
+            return False
+        self._api_done("list", "ok", started)
+        if total != len(project.jobs):
+            return False
+        self._swept(cycle)
+        return True
+
+    async def _list_instead(self, cycle: Cycle) -> None:
+        """A counted cycle some detail call contradicted (no such job, or no answer): the list
+        is read after all, and the jobs it shows that we did not know are fetched."""
+        cycle.counted = False
+        cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
+        if cycle.rows is None:
+            return
+        fetch, confirm = self._decide(cycle, full=True)
+        fresh = [j for j in fetch if j not in cycle.project.jobs or j in confirm]
+        await self._fetch_all(cycle, fresh, confirm)
+
+    def _sweep_failed(self, cycle: Cycle, exc: ApiError, started: float) -> None:
+        self._api_done("list", _api_outcome(exc), started)
+        if isinstance(exc, MalformedResponse):
+            cycle.dead_letter(None, exc, self._clock())
+        self._sweep_state(cycle.project, exc)
+
+    def _swept(self, cycle: Cycle) -> None:
+        self._sweep_state(cycle.project, None)
+        self.metrics.last_sweep.labels(cycle.project.project_id).set(self._clock())
 
     def _sweep_state(self, project: ProjectState, error: ApiError | None) -> None:
         failing = error is not None
@@ -537,11 +585,11 @@ class Scheduler:
 
     def _decide(self, cycle: Cycle, *, full: bool) -> tuple[list[int], frozenset[int]]:
         """Which jobs get a detail call this cycle, and which of them are delete checks."""
-        cfg, project = self.config, cycle.project
+        cfg, project, present = self.config, cycle.project, cycle.present
         rows: list[sweep.Row] | None = None
         if cycle.rows is not None and cycle.reconcile:
             rows = [self._reconcile_row(cycle, jid, raw) for jid, raw in cycle.rows.items()]
-        elif cycle.rows is not None and cfg.mode == "detail":
+        elif present is not None and cfg.mode == "detail":
             rows = []  # every job is fetched: the plan only counts the missing ones
         elif cycle.rows is not None:
             rows = self._light_rows(cycle, cycle.rows)
@@ -555,10 +603,10 @@ class Scheduler:
             reconcile_interval_s=None,  # list mode reconciles a project at a time
             transitional_interval_s=cfg.transitional_interval_s,
             delete_after_misses=cfg.delete_after_misses,
-            present=cycle.rows,
+            present=present,
         )
-        if cycle.rows is not None:
-            self._count_misses(project, cycle.rows, plan.missing)
+        if present is not None:
+            self._count_misses(project, present, plan.missing)
         confirm = frozenset(plan.confirm_delete)
         if not full:
             fetch = [j for j, why in plan.fetch.items() if why is sweep.Reason.TRANSITIONAL]
@@ -628,7 +676,7 @@ class Scheduler:
 
     @staticmethod
     def _count_misses(
-        project: ProjectState, rows: Mapping[int, JsonDict], missing: Iterable[int]
+        project: ProjectState, rows: Mapping[int, object], missing: Iterable[int]
     ) -> None:
         for job_id in missing:
             project.jobs[job_id].known.misses += 1
@@ -681,6 +729,8 @@ class Scheduler:
             self._api_done("detail", "not_found", started)
             if confirm_delete:
                 cycle.deleted(job_id, self._clock())
+            else:  # listed (or counted) a moment ago: the next list confirms it
+                cycle.not_found += 1
             return
         except ApiError as exc:
             self._api_done("detail", _api_outcome(exc), started)
@@ -783,7 +833,7 @@ class Scheduler:
     @staticmethod
     def _targets(cycle: Cycle, requests: Sequence[SnapshotRequest]) -> list[int]:
         """Live jobs inside the filters that some request asks for."""
-        rows = cycle.rows or {}
+        rows = cycle.present or {}
         wanted = {r.job_id for r in requests}
         return [j for j in rows if None in wanted or j in wanted]
 
@@ -792,7 +842,7 @@ class Scheduler:
 
         Only a complete, fully answered poll answers: a snapshot must be the job's state now.
         """
-        if not requests or cycle.rows is None or cycle.failed:
+        if not requests or cycle.present is None or cycle.failed:
             return []
         latest = {s.job_id: s for s in cycle.seen}
         observed = self._clock()
@@ -823,7 +873,7 @@ class Scheduler:
         return events.watermark(
             project_id=cycle.project.project_id,
             observed_through=utc(through),
-            jobs=len(cycle.rows or ()),
+            jobs=len(cycle.present or ()),
             mode=self.config.mode,
         )
 
@@ -848,7 +898,7 @@ class Scheduler:
             return
         project.stalled_since = self._clock()
         self.metrics.watermark_stalled_since.labels(pid).set(project.stalled_since)
-        if cycle.rows is None:
+        if cycle.present is None:
             why = "list sweep incomplete (throttled, breaker open, auth or API failing)"
         elif cycle.failed:
             why = f"{cycle.failed} detail calls failed"

@@ -262,6 +262,21 @@ class Cycle:
     started: float = 0.0  # when its list sweep began (epoch seconds)
     reconcile: bool = False  # list mode: this sweep lists show_detail rows to reconcile
     failed: int = 0  # detail calls that did not answer (throttled, 5xx, breaker, auth)
+    counted: bool = False  # detail mode: the job count stood in for the list (see `present`)
+    not_found: int = 0  # detail calls answered "no such job" (a delete not yet confirmed)
+
+    @property
+    def present(self) -> Mapping[int, object] | None:
+        """Every job the cycle's complete sweep found, or None when it did not complete.
+
+        The listed rows; or, when the cycle only counted the list (detail mode), the jobs we
+        know: the count equals them, and each then answered its detail call, so no job came or
+        went before the count (job ids are never reused). A count some job contradicts (a
+        call failed or found no job) is replaced by the list, in the same cycle.
+        """
+        if self.rows is not None:
+            return self.rows
+        return self.project.jobs if self.counted else None
 
     def observed_through(self) -> float | None:
         """How far this cycle observed the project completely, or None when it did not.
@@ -271,7 +286,7 @@ class Cycle:
         observe afresh (list mode sees config edits only on reconcile; a missing job's last
         view is when it was last seen), and never below the previous watermark.
         """
-        if self.rows is None or self.failed:
+        if self.present is None or self.failed:
             return None
         fresh = {seen.job_id: seen.observed_at for seen in self.seen}
         through = self.started

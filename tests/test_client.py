@@ -387,6 +387,31 @@ async def test_engine_rows_refuse_a_row_without_a_job_id():
     assert "job_list.jobs.1.job_id" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    ("job_list", "counted"),
+    [
+        ({"total_count": 26, "jobs": [{"job_id": 1}]}, 26),  # every match: the doc's example
+        ({"total_count": 1, "jobs": [{"job_id": 1}]}, None),  # may be the page's size
+        ({"total_count": 0, "jobs": []}, None),
+        ({"jobs": [{"job_id": 1}]}, None),
+        ({"total_count": "26", "jobs": [{"job_id": 1}]}, None),
+        ({"total_count": True, "jobs": []}, None),
+    ],
+)
+async def test_count_is_every_match_only_when_it_exceeds_the_page(job_list, counted):
+    doc = {"is_success": "true", "job_list": job_list}
+    async with _scripted_client(_json(doc)) as (client, scripted, _):
+        assert await client.count_jobs("p1") == counted
+    query = scripted.seen[0].rel_url.query
+    assert (query["limit"], query["offset"], query["show_detail"]) == ("1", "0", "false")
+
+
+async def test_count_refuses_a_body_the_list_refuses():
+    async with _scripted_client(_json({"is_success": True})) as (client, _, _):
+        with pytest.raises(MalformedResponse, match="job_list"):
+            await client.count_jobs("p1")
+
+
 async def test_list_sends_paging_and_filters():
     rows = {"is_success": "true", "job_list": {"total_count": 1, "jobs": [{"job_id": 1}]}}
     async with _scripted_client(_json(rows)) as (client, scripted, _):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from bridge.errors import ConfigError
 from bridge.lifecycle import JobStatus
@@ -82,6 +83,9 @@ class SimulatorConfig:
     error_rate: float = 0.0  # fraction of DLI calls answered 5xx
     malformed_rate: float = 0.0  # fraction of DLI calls answered 200 with a broken body
     region: str = "sim-1"
+    # What a list's `total_count` counts: every match (as DLI's doc example suggests), or
+    # only the rows of the page (the other reading of its one-line description).
+    total_count: Literal["all", "page"] = "all"
 
     def __post_init__(self) -> None:
         problems = fault_problems(
@@ -90,6 +94,8 @@ class SimulatorConfig:
             malformed_rate=self.malformed_rate,
         )
         problems += _between("change_rate", self.change_rate, 0.0, MAX_CHANGE_RATE)
+        if self.total_count not in ("all", "page"):
+            problems.append(f"total_count must be 'all' or 'page' (got {self.total_count!r})")
         problems += [
             f"{name} must not be negative"
             for name in ("projects", "jobs_per_project")

@@ -214,7 +214,10 @@ class Simulator:
         payload = {
             "is_success": "true",
             "message": "",
-            "job_list": {"total_count": total, "jobs": rows},
+            "job_list": {
+                "total_count": total if self.config.total_count == "all" else len(rows),
+                "jobs": rows,
+            },
         }
         return self._gateway.ok(project_id, payload, "job_list")
 
