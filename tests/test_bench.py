@@ -22,7 +22,15 @@ from bridge.bench.report import (
 from bridge.bench.run import BridgeSpec, bridge_toml, sample
 from bridge.settings import Settings
 
-ROWS = ("bare loop", "bare paced", "sdk loop", "bridge detail", "bridge list", "bridge sweep")
+ROWS = (
+    "bare loop",
+    "bare paced",
+    "sdk loop",
+    "sdk paced",
+    "bridge detail",
+    "bridge list",
+    "bridge sweep",
+)
 
 
 @pytest.mark.integration
@@ -108,22 +116,27 @@ def test_a_change_replaced_in_the_same_millisecond_is_not_observable():
     assert [c["seq"] for c in observable(changes, 5_000)] == [2]
 
 
-def test_targets_judge_detail_cpu_against_the_paced_loop_and_the_sdk():
+def test_targets_judge_detail_cpu_against_the_paced_loops():
     rows = [
         Row("bare loop", 10, 1000.0, 60.0, 0.1),  # flat out: cheaper per request
         Row("bare paced", 10, 10.0, 100.0, 0.001),
-        Row("sdk loop", 10, 800.0, 1200.0, 1.0),
+        Row("sdk loop", 10, 800.0, 1000.0, 1.0),
+        Row("sdk paced", 10, 10.0, 1200.0, 0.01),
         Row("bridge detail", 10, 10.0, 110.0, 0.001, p99_ms=900.0, interval_s=1.0),
     ]
     found = {t.name: t for t in targets(rows, [])}
     detail = found["detail CPU/poll ≤ 1.3 x bare and ≤ 0.1 x SDK"]
     assert detail.met is True
-    assert "1.10 x bare on the same schedule" in detail.figure
-    assert "1.83 x bare flat out" in detail.figure
+    assert "on the same schedule 1.10 x bare (100 µs), 0.092 x SDK (1200 µs)" in detail.figure
+    assert "flat out 1.83 x bare (60 µs), 0.110 x SDK (1000 µs)" in detail.figure
     assert found["bridge detail: change-to-commit p99 ≤ interval + 200 ms"].met is True
     assert "bridge detail" in table(rows)
     rows[1] = Row("bare paced", 10, 10.0, 80.0, 0.001)
     assert {t.name: t for t in targets(rows, [])}[detail.name].met is False
+    rows[1] = Row("bare paced", 10, 10.0, 100.0, 0.001)
+    rows[3] = Row("sdk paced", 10, 10.0, 1000.0, 0.01)
+    assert {t.name: t for t in targets(rows, [])}[detail.name].met is False
+    assert {t.name: t for t in targets(rows[1:], [])}[detail.name].met is None
 
 
 def test_targets_read_the_sweep_for_scale_figures():

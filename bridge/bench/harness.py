@@ -240,10 +240,11 @@ async def _loops(config: BenchConfig, fleet: Fleet, say: Say) -> list[Row]:
 
     targets = await fleet.targets(fleet.project_ids)
     rows = []
-    loops = [("bare", "bare loop"), ("paced", "bare paced"), ("sdk", "sdk loop")]
+    loops = [("bare", "bare loop"), ("paced", "bare paced")]
     if importlib.util.find_spec("huaweicloudsdkdli") is None:
         say("no sdk loop: install the official SDK with `pip install 'dli-bridge[bench]'`")
-        loops.pop()
+    else:
+        loops += [("sdk", "sdk loop"), ("sdk_paced", "sdk paced")]
     # the bridge's own pacing in detail mode (see PollConfig.from_settings)
     schedule = Schedule(config.interval_s, max(1, config.concurrency // 4))
     for kind, name in loops:

@@ -10,7 +10,9 @@
   this kind of VM costs two to four times as much CPU per request.)
 - the **SDK loop**: Huawei's official ``huaweicloudsdkdli`` ``show_flink_job`` on a thread
   pool of the same size — what a user would script instead (it signs every request with
-  AK/SK; the simulator, started without credentials, accepts the signature unchecked).
+  AK/SK; the simulator, started without credentials, accepts the signature unchecked);
+- the **SDK loop on the bridge's schedule**: the same calls on the same thread pool, handed
+  out on the paced loop's schedule — what that script costs at the bridge's polling rate.
 
 Each loop runs for a fixed time after a short warm-up and reports its own process CPU time.
 """
@@ -23,7 +25,7 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +68,8 @@ async def run_loop(
     duration_s: float,
     schedule: Schedule | None = None,
 ) -> LoopFigures:
-    """Run the ``bare``, ``paced`` or ``sdk`` loop in a fresh (spawned) process; its figures."""
+    """Run the ``bare``, ``paced``, ``sdk`` or ``sdk_paced`` loop in a fresh (spawned)
+    process; its figures."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         loop = asyncio.get_running_loop()
@@ -87,6 +90,9 @@ def _in_child(
     elif kind == "paced":
         assert schedule is not None
         run = _paced_runner(base_url, targets, concurrency, schedule)
+    elif kind == "sdk_paced":
+        assert schedule is not None
+        run = _sdk_paced_runner(base_url, targets, concurrency, schedule)
     else:
         run = _sdk_runner(base_url, targets, concurrency)
     run(WARM_UP_S)
@@ -148,6 +154,26 @@ async def _paced(
     import aiohttp
     import orjson
 
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def fetch(project_id: str, job_id: int) -> bool:
+            url = f"{base_url}/v1.0/{project_id}/streaming/jobs/{job_id}"
+            async with session.get(url) as response:
+                body = await response.read()
+            orjson.loads(body)
+            return response.status == 200
+
+        return await _on_schedule(targets, concurrency, schedule, seconds, fetch)
+
+
+Fetch = Callable[[str, int], Awaitable[bool]]  # (project_id, job_id) -> answered 200
+
+
+async def _on_schedule(
+    targets: list[Target], concurrency: int, schedule: Schedule, seconds: float, fetch: Fetch
+) -> tuple[int, int]:
+    """``fetch`` every job as the bridge paces detail mode; (answered, errors)."""
     by_project: dict[str, list[int]] = {}
     for project_id, job_id in targets:
         by_project.setdefault(project_id, []).append(job_id)
@@ -156,36 +182,33 @@ async def _paced(
     start = loop.time()
     deadline = start + seconds
     pool = asyncio.Semaphore(concurrency)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def fetch(project_id: str, jobs: Iterator[int]) -> None:
-            for job_id in jobs:
-                url = f"{base_url}/v1.0/{project_id}/streaming/jobs/{job_id}"
-                async with pool, session.get(url) as response:
-                    body = await response.read()
-                    counts[response.status != 200] += 1
-                orjson.loads(body)
+    async def work(project_id: str, jobs: Iterator[int]) -> None:
+        for job_id in jobs:
+            async with pool:
+                counts[not await fetch(project_id, job_id)] += 1
 
-        async def project(project_id: str, jobs: list[int], phase: float) -> None:
-            due = start + phase
-            while due < deadline:
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                pending = iter(jobs)
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(min(schedule.per_project, len(jobs))):
-                        group.create_task(fetch(project_id, pending))
-                due += schedule.interval_s
+    async def project(project_id: str, jobs: list[int], phase: float) -> None:
+        due = start + phase
+        while due < deadline:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            pending = iter(jobs)
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(schedule.per_project, len(jobs))):
+                    group.create_task(work(project_id, pending))
+            due += schedule.interval_s
 
-        async with asyncio.TaskGroup() as group:
-            for index, (project_id, jobs) in enumerate(sorted(by_project.items())):
-                phase = index * schedule.interval_s / len(by_project)
-                group.create_task(project(project_id, jobs, phase))
+    async with asyncio.TaskGroup() as group:
+        for index, (project_id, jobs) in enumerate(sorted(by_project.items())):
+            phase = index * schedule.interval_s / len(by_project)
+            group.create_task(project(project_id, jobs, phase))
     return counts[0], counts[1]
 
 
-def _sdk_runner(base_url: str, targets: list[Target], concurrency: int) -> Runner:
+def _sdk_show(base_url: str) -> Callable[[str, int], bool]:
+    """One ``show_flink_job`` call with a client per thread and project; False on an error."""
     local = threading.local()
+    logging.getLogger("HuaweiCloud-SDK").setLevel(logging.WARNING)
 
     def client_for(project_id: str) -> Any:
         from huaweicloudsdkcore.auth.credentials import BasicCredentials
@@ -198,20 +221,29 @@ def _sdk_runner(base_url: str, targets: list[Target], concurrency: int) -> Runne
             clients[project_id] = builder.with_endpoint(base_url).build()
         return clients[project_id]
 
-    def worker(mine: list[Target], deadline: float) -> tuple[int, int]:
+    def show(project_id: str, job_id: int) -> bool:
         from huaweicloudsdkcore.exceptions.exceptions import SdkException
         from huaweicloudsdkdli.v1 import ShowFlinkJobRequest
 
-        done = errors = 0
+        try:
+            client_for(project_id).show_flink_job(ShowFlinkJobRequest(job_id=job_id))
+        except SdkException:
+            return False
+        return True
+
+    return show
+
+
+def _sdk_runner(base_url: str, targets: list[Target], concurrency: int) -> Runner:
+    show = _sdk_show(base_url)
+
+    def worker(mine: list[Target], deadline: float) -> tuple[int, int]:
+        counts = [0, 0]
         for project_id, job_id in itertools.cycle(mine):
             if time.monotonic() >= deadline:
                 break
-            try:
-                client_for(project_id).show_flink_job(ShowFlinkJobRequest(job_id=job_id))
-                done += 1
-            except SdkException:
-                errors += 1
-        return done, errors
+            counts[not show(project_id, job_id)] += 1
+        return counts[0], counts[1]
 
     def run(seconds: float) -> tuple[int, int]:
         deadline = time.monotonic() + seconds
@@ -220,5 +252,21 @@ def _sdk_runner(base_url: str, targets: list[Target], concurrency: int) -> Runne
             results = list(pool.map(worker, slices, itertools.repeat(deadline)))
         return sum(r[0] for r in results), sum(r[1] for r in results)
 
-    logging.getLogger("HuaweiCloud-SDK").setLevel(logging.WARNING)
+    return run
+
+
+def _sdk_paced_runner(
+    base_url: str, targets: list[Target], concurrency: int, schedule: Schedule
+) -> Runner:
+    show = _sdk_show(base_url)
+
+    def run(seconds: float) -> tuple[int, int]:
+        with ThreadPoolExecutor(concurrency) as threads:
+
+            async def fetch(project_id: str, job_id: int) -> bool:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(threads, show, project_id, job_id)
+
+            return asyncio.run(_on_schedule(targets, concurrency, schedule, seconds, fetch))
+
     return run
