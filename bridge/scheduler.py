@@ -494,7 +494,7 @@ class Scheduler:
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
         await self._fetch_all(cycle, fetch, confirm)
-        if cycle.counted and (cycle.failed or cycle.not_found):
+        if cycle.counted and (cycle.failed or cycle.doubted):
             await self._list_instead(cycle)
         return self._answer(cycle, requests) if full else []
 
@@ -543,8 +543,8 @@ class Scheduler:
         return True
 
     async def _list_instead(self, cycle: Cycle) -> None:
-        """A counted cycle some detail call contradicted (no such job, or no answer): the list
-        is read after all, and the jobs it shows that we did not know are fetched."""
+        """A counted cycle some detail call put in doubt (no such job, refused, no answer): the
+        list is read after all, and the jobs it shows that we did not know are fetched."""
         cycle.counted = False
         cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
         if cycle.rows is None:
@@ -729,8 +729,8 @@ class Scheduler:
             self._api_done("detail", "not_found", started)
             if confirm_delete:
                 cycle.deleted(job_id, self._clock())
-            else:  # listed (or counted) a moment ago: the next list confirms it
-                cycle.not_found += 1
+            else:  # listed (or counted) a moment ago: a list confirms it
+                cycle.doubted += 1
             return
         except ApiError as exc:
             self._api_done("detail", _api_outcome(exc), started)
@@ -753,6 +753,7 @@ class Scheduler:
             return
         except ApiError as exc:  # is_success false in a 2xx answer
             log.info("project %s job %d: detail refused (%r)", pid, job_id, exc)
+            cycle.doubted += 1  # it may be gone: a count cannot vouch for the project now
             return
         cycle.judge(job_id, raw, fp, observed)
 

@@ -263,7 +263,7 @@ class Cycle:
     reconcile: bool = False  # list mode: this sweep lists show_detail rows to reconcile
     failed: int = 0  # detail calls that did not answer (throttled, 5xx, breaker, auth)
     counted: bool = False  # detail mode: the job count stood in for the list (see `present`)
-    not_found: int = 0  # detail calls answered "no such job" (a delete not yet confirmed)
+    doubted: int = 0  # detail calls that did not show their job exists ("no such job", refused)
 
     @property
     def present(self) -> Mapping[int, object] | None:
@@ -271,8 +271,8 @@ class Cycle:
 
         The listed rows; or, when the cycle only counted the list (detail mode), the jobs we
         know: the count equals them, and each then answered its detail call, so no job came or
-        went before the count (job ids are never reused). A count some job contradicts (a
-        call failed or found no job) is replaced by the list, in the same cycle.
+        went before the count (job ids are never reused). A count some job puts in doubt (its
+        call failed, found no job or was refused) is replaced by the list, in the same cycle.
         """
         if self.rows is not None:
             return self.rows

@@ -4,8 +4,11 @@ import asyncio
 import random
 from typing import Any
 
+import orjson
 import pytest
 
+from bridge.client import DliClient
+from bridge.errors import JobNotFound
 from tests.test_scheduler import Engine, engine, kinds, polls, until
 
 
@@ -65,6 +68,38 @@ async def test_a_delete_and_a_create_between_two_counts_are_both_seen(make_simul
     assert kinds(gone_events) == ["discovered", "deleted"]
     assert kinds(born_events) == ["created"]
     assert tracked == 5
+
+
+class RefusesTheGone:
+    """The client, but a job that is gone answers 200 with ``is_success`` false."""
+
+    def __init__(self, client: DliClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get_job_body(self, project_id: str, job_id: int) -> bytes:
+        try:
+            return await self._client.get_job_body(project_id, job_id)
+        except JobNotFound:
+            return orjson.dumps({"is_success": "false", "message": "job does not exist"})
+
+
+async def test_a_refused_detail_puts_the_count_in_doubt(make_simulator):
+    """A job gone, another come, and the gone one's detail is refused instead of "no such
+    job": the count still matches, but a refusal proves nothing, so the list is read."""
+    async with make_simulator(projects=1, jobs_per_project=5) as (sim, url):
+        pid = sim.project_ids[0]
+        gone = min(sim.fleet.projects[pid].jobs)
+        async with engine(url, [pid], mode="detail", interval_s=0.3, wrap=RefusesTheGone) as eng:
+            await until(lambda: len(eng.events()) >= 5, "discovered")
+            sim.delete_job(pid, gone)
+            born = sim.create_job(pid)
+            await until(lambda: eng.of_job(pid, born), "the new job", timeout_s=5)
+            gone_events = eng.of_job(pid, gone)
+    assert kinds(eng.of_job(pid, born)) == ["created"]
+    assert kinds(gone_events) == ["discovered"]  # never said gone: DLI never said so
 
 
 async def test_churn_at_a_constant_count_with_failing_calls_ends_in_the_truth(make_simulator):

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -87,16 +87,19 @@ async def engine(
     *,
     sink: MemorySink | None = None,
     api: dict[str, Any] | None = None,
+    wrap: Callable[[DliClient], Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[Engine]:
-    """A running scheduler over ``projects`` owning every shard; stopped on exit."""
+    """A running scheduler over ``projects`` owning every shard; stopped on exit. ``wrap``
+    puts something between the scheduler and the client (to make DLI answer otherwise)."""
     sink = sink or MemorySink(partitions=PARTITIONS)
     settings = ApiSettings(endpoint=base_url, **{**FAST_API, **(api or {})})
     poll = {"interval_s": 0.2, "jitter_s": 0.0, "transitional_interval_s": 0.1, **poll}
     config = PollConfig(partitions=PARTITIONS, **poll)
     async with new_session() as session, DliClient(settings, NoAuth(), session=session) as client:
         metrics = Metrics()
-        scheduler = Scheduler(client, sink, config, metrics, projects, rng=random.Random(1))
+        job_api = client if wrap is None else wrap(client)
+        scheduler = Scheduler(job_api, sink, config, metrics, projects, rng=random.Random(1))
         async with asyncio.TaskGroup() as group:
             running = group.create_task(scheduler.run(range(PARTITIONS)))
             try:
