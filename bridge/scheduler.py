@@ -481,8 +481,9 @@ class Scheduler:
         if full:
             cycle.started = self._clock()
             cycle.reconcile = self._reconcile_due(cycle.project.project_id, cycle.started)
-            cycle.counted = await self._count(cycle)
-            if not cycle.counted:
+            counted = await self._count(cycle)
+            cycle.counted = counted is True
+            if counted is False:
                 cycle.rows = self._filtered(cycle.project, await self._sweep(cycle))
             if cycle.reconcile and cycle.rows is not None:
                 self._reconciled[cycle.project.project_id] = cycle.started
@@ -517,9 +518,11 @@ class Scheduler:
         self._swept(cycle)
         return rows
 
-    async def _count(self, cycle: Cycle) -> bool:
+    async def _count(self, cycle: Cycle) -> bool | None:
         """Detail mode: whether the project's job count equals the jobs we know, so that the
-        list need not be read (one request for one row instead of a page per 100 jobs).
+        list need not be read (one request for one row instead of a page per 100 jobs); None
+        when the count failed, which fails the cycle's sweep as a failed list would (the list
+        is not tried too: a throttled or failing API would pay every retry twice).
 
         Every known job gets its detail call anyway; if each answers, the count proves no job
         came or went (see ``Cycle.present``). Not while the project is still discovered, nor
@@ -535,7 +538,7 @@ class Scheduler:
             total = await self._api.count_jobs(project.project_id)
         except ApiError as exc:
             self._sweep_failed(cycle, exc, started)
-            return False
+            return None
         self._api_done("list", "ok", started)
         if total != len(project.jobs):
             return False

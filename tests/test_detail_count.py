@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from bridge.client import DliClient
-from bridge.errors import JobNotFound
+from bridge.errors import ApiUnavailable, JobNotFound
 from tests.test_scheduler import Engine, engine, kinds, polls, until
 
 
@@ -100,6 +100,37 @@ async def test_a_refused_detail_puts_the_count_in_doubt(make_simulator):
             gone_events = eng.of_job(pid, gone)
     assert kinds(eng.of_job(pid, born)) == ["created"]
     assert kinds(gone_events) == ["discovered"]  # never said gone: DLI never said so
+
+
+class CountFails:
+    """The client, but every job count fails (after the client's own retries)."""
+
+    def __init__(self, client: DliClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def count_jobs(self, project_id: str) -> int | None:
+        raise ApiUnavailable("no answer within 30 s", project_id=project_id)
+
+
+async def test_a_failed_count_fails_the_sweep_without_reading_the_list(make_simulator):
+    """A failing API is not asked twice a cycle: the jobs are still fetched, the cycle is
+    incomplete (no watermark), as when the list fails."""
+    async with make_simulator(projects=1, jobs_per_project=5) as (sim, url):
+        pid = sim.project_ids[0]
+        async with engine(url, [pid], mode="detail", interval_s=0.2, wrap=CountFails) as eng:
+            await until(lambda: len(eng.events()) >= 5, "discovered")
+            await until(lambda: polls(eng, "detail", ("incomplete",)) >= 1, "a counted cycle")
+            lists, details = list_calls(sim, pid), eng.requests(sim, "detail", pid)
+            incomplete = polls(eng, "detail", ("incomplete",))
+            await asyncio.sleep(1.0)
+            lists_after, details_after = list_calls(sim, pid), eng.requests(sim, "detail", pid)
+            incomplete_after = polls(eng, "detail", ("incomplete",))
+    assert lists_after == lists
+    assert details_after - details >= 15  # 5 jobs, a cycle every 0.2 s
+    assert incomplete_after - incomplete >= 3
 
 
 async def test_churn_at_a_constant_count_with_failing_calls_ends_in_the_truth(make_simulator):
