@@ -23,6 +23,7 @@ from aiokafka.errors import (
     ProducerFenced,
     RequestTimedOutError,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.errors import for_code as error_for_code
 
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+METADATA_POLL_S = 0.1  # between two looks at a topic just created (ours or another's)
 
 DEFAULT_EVENTS_RETENTION_MS = 30 * 24 * 3600 * 1000  # "long retention": 30 days
 DEFAULT_STATE_MIN_COMPACTION_LAG_MS = 60 * 1000  # a tailing reader sees every state change
@@ -117,7 +120,8 @@ class TopicAdmin:
         existing = set(await admin.list_topics())
         missing = [t for name, t in wanted.items() if name not in existing]
         if missing:
-            await self._create(admin, missing)
+            # a topic created a moment ago may not be in the metadata yet: it exists after all
+            existing |= await self._create(admin, missing)
         await self._check_policies(admin, [name for name in wanted if name in existing])
         partitions = await _wait_for_metadata(admin, list(wanted))
         shards = partitions[self._topics.state]
@@ -154,14 +158,20 @@ class TopicAdmin:
             for name, config in configs.items()
         }
 
-    async def _create(self, admin: AIOKafkaAdminClient, missing: list[NewTopic]) -> None:
+    async def _create(self, admin: AIOKafkaAdminClient, missing: list[NewTopic]) -> set[str]:
+        """Create ``missing``; the names that turned out to exist already (their policy is
+        someone else's: another instance won the race, or the metadata was behind)."""
         response = await admin.create_topics(missing)
+        existed = set()
         for topic, code, message in response.topic_errors:
             error = error_for_code(code)
             if code == 0:
                 log.info("created topic %s", topic)
-            elif error is not TopicAlreadyExistsError:  # exists: another instance won the race
+            elif error is TopicAlreadyExistsError:
+                existed.add(topic)
+            else:
                 raise SinkError(f"creating topic {topic} failed: {error.__name__} {message or ''}")
+        return existed
 
     async def _check_policies(self, admin: AIOKafkaAdminClient, names: list[str]) -> None:
         if not names:
@@ -170,12 +180,11 @@ class TopicAdmin:
             ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": None}) for n in names
         ]
         problems: list[str] = []
-        for response in await admin.describe_configs(resources):
-            for code, message, _type, name, entries in response.resources:
-                if code:
-                    raise SinkError(f"describing topic {name} failed: {message}", topic=name)
-                policy = {e[0]: e[1] for e in entries}.get("cleanup.policy") or "delete"
-                problems += self._policy_problems(name, set(policy.split(",")))
+        for code, message, name, entries in await _describe(admin, resources):
+            if code:
+                raise SinkError(f"describing topic {name} failed: {message}", topic=name)
+            policy = {e[0]: e[1] for e in entries}.get("cleanup.policy") or "delete"
+            problems += self._policy_problems(name, set(policy.split(",")))
         if problems:
             raise ConfigError("Kafka topics have the wrong cleanup policy", problems)
 
@@ -186,6 +195,22 @@ class TopicAdmin:
         if name != self._topics.state and "compact" in policy:
             return [f"topic {name} has cleanup.policy={shown}; it must be delete (not compact)"]
         return []
+
+
+async def _describe(
+    admin: AIOKafkaAdminClient, resources: list[ConfigResource]
+) -> list[tuple[int, str | None, str, Any]]:
+    """(error code, message, topic, config entries) per topic; a topic the broker does not know
+    yet (created a moment ago, its metadata behind) is asked again until it is known."""
+    while True:
+        found = [
+            (code, message, name, entries)
+            for response in await admin.describe_configs(resources)
+            for code, message, _type, name, entries in response.resources
+        ]
+        if not any(code == UnknownTopicOrPartitionError.errno for code, *_ in found):
+            return found
+        await asyncio.sleep(METADATA_POLL_S)
 
 
 async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
@@ -205,4 +230,4 @@ async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str]) -> di
         }
         if len(ready) == len(names):
             return ready
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(METADATA_POLL_S)

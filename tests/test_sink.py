@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bridge.errors import ConfigError, ProducerFencedError, SinkError, SinkUnavailable
 from bridge.events import OutRecord, StateValue, job_key, state_record, state_tombstone
@@ -196,6 +197,27 @@ async def test_wrong_cleanup_policy_refused(kafka_bootstrap, request, which, pol
     name = getattr(settings.topics, which)
     await create_topic(kafka_bootstrap, name, partitions=SHARDS, config={"cleanup.policy": policy})
     with pytest.raises(ConfigError, match=message) as caught:
+        async with KafkaSink(settings):
+            pass
+    assert name in str(caught.value)
+
+
+@integration
+async def test_a_topic_the_metadata_does_not_show_yet_is_checked_too(
+    kafka_bootstrap, request, monkeypatch
+):
+    """Metadata lags a topic created a moment ago: creating it says it exists, and then its
+    cleanup policy is checked like any existing topic's (it used to be taken as ours)."""
+    settings = settings_for(kafka_bootstrap, request)
+    name = settings.topics.events
+    compact = {"cleanup.policy": "compact"}
+    await create_topic(kafka_bootstrap, name, partitions=SHARDS, config=compact)
+
+    async def behind(self: AIOKafkaAdminClient) -> list[str]:
+        return []
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "list_topics", behind)
+    with pytest.raises(ConfigError, match=r"cleanup\.policy=compact; it must be delete") as caught:
         async with KafkaSink(settings):
             pass
     assert name in str(caught.value)
