@@ -70,14 +70,18 @@ async def test_a_delete_and_a_create_between_two_counts_are_both_seen(make_simul
     assert tracked == 5
 
 
-class RefusesTheGone:
-    """The client, but a job that is gone answers 200 with ``is_success`` false."""
+class Through:
+    """The client, every call passed on; a subclass answers some of them otherwise."""
 
     def __init__(self, client: DliClient) -> None:
         self._client = client
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class RefusesTheGone(Through):
+    """The client, but a job that is gone answers 200 with ``is_success`` false."""
 
     async def get_job_body(self, project_id: str, job_id: int) -> bytes:
         try:
@@ -102,14 +106,8 @@ async def test_a_refused_detail_puts_the_count_in_doubt(make_simulator):
     assert kinds(gone_events) == ["discovered"]  # never said gone: DLI never said so
 
 
-class CountFails:
+class CountFails(Through):
     """The client, but every job count fails (after the client's own retries)."""
-
-    def __init__(self, client: DliClient) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
     async def count_jobs(self, project_id: str) -> int | None:
         raise ApiUnavailable("no answer within 30 s", project_id=project_id)

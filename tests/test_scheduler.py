@@ -631,6 +631,14 @@ def polls(eng: Engine, mode: str, outcomes: tuple[str, ...] = ("ok",)) -> float:
     return float(sum(eng.metrics.polls.labels(mode, o)._value.get() for o in outcomes))
 
 
+def most_shared(project_ids: list[str]) -> list[str]:
+    """The projects of the shard that most of ``project_ids`` share."""
+    by_shard: dict[int, list[str]] = {}
+    for pid in project_ids:
+        by_shard.setdefault(shard_of(pid, PARTITIONS), []).append(pid)
+    return max(by_shard.values(), key=len)
+
+
 async def test_quiet_cycles_sharing_a_shard_share_its_transactions(make_simulator):
     """A quiet cycle's watermark waits for the shard's next write when one carried it less
     than half an interval ago: projects sharing a shard pay fewer transactions than cycles,
@@ -639,10 +647,7 @@ async def test_quiet_cycles_sharing_a_shard_share_its_transactions(make_simulato
 
     interval = 0.2
     async with make_simulator(projects=16, jobs_per_project=2) as (sim, url):
-        by_shard: dict[int, list[str]] = {}
-        for pid in sim.project_ids:
-            by_shard.setdefault(shard_of(pid, PARTITIONS), []).append(pid)
-        shared = max(by_shard.values(), key=len)
+        shared = most_shared(sim.project_ids)
         assert len(shared) >= 4
         async with engine(url, shared, mode="list", interval_s=interval) as eng:
             await until(lambda: all(len(_watermarks(eng, p)) >= 2 for p in shared), "first")
@@ -665,10 +670,7 @@ async def test_a_stalled_project_on_a_shared_shard_stays_stalled(make_simulator,
     """A watermark still waiting when its project stalls is dropped, not carried by another
     project's write: that would report the project advancing again while it is failing."""
     async with make_simulator(projects=16, jobs_per_project=2) as (sim, url):
-        by_shard: dict[int, list[str]] = {}
-        for pid in sim.project_ids:
-            by_shard.setdefault(shard_of(pid, PARTITIONS), []).append(pid)
-        shared = max(by_shard.values(), key=len)
+        shared = most_shared(sim.project_ids)
         async with engine(url, shared, mode="list", interval_s=0.2) as eng:
             await until(lambda: all(len(_watermarks(eng, p)) >= 3 for p in shared), "marks")
             stalled = {p: eng.metrics.watermark_stalled_since.labels(p) for p in shared}
