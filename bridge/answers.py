@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, Unpack
@@ -13,6 +12,7 @@ import yarl
 from multidict import CIMultiDictProxy
 from pydantic import BaseModel, ValidationError
 
+from bridge.deadlines import Deadlines
 from bridge.errors import (
     ApiError,
     ApiErrorContext,
@@ -200,7 +200,7 @@ async def exchange(
     *,
     headers: Mapping[str, str],
     body: bytes,
-    timeout_s: float,
+    deadlines: Deadlines,
     context: Callable[[], ApiErrorContext],
     label: str = "",
 ) -> tuple[int, CIMultiDictProxy[str], bytes]:
@@ -208,18 +208,21 @@ async def exchange(
 
     The one place aiohttp's failures (timeouts, refused or reset connections, broken
     answers) are mapped, for the DLI client and the IAM token auth alike; ``label`` prefixes
-    the message (``"IAM"``). ``context`` is called only to name a failure.
+    the message (``"IAM"``). ``context`` is called only to name a failure. ``deadlines`` bounds
+    the whole exchange, the body included (see ``Deadlines`` for its precision).
     """
-    prefix = f"{label}: " if label else ""
     try:
         async with (
-            asyncio.timeout(timeout_s),
+            deadlines(),
             session.request(method, url, headers=headers, data=body or None) as response,
         ):
             raw = await response.read()
     except TimeoutError as exc:
-        raise ApiUnavailable(f"{prefix}no answer within {timeout_s} s", **context()) from exc
+        prefix = f"{label}: " if label else ""
+        text = f"{prefix}no answer within {deadlines.timeout_s:g} s"
+        raise ApiUnavailable(text, **context()) from exc
     except aiohttp.ClientError as exc:
+        prefix = f"{label}: " if label else ""
         text = f"{prefix}request failed: {type(exc).__name__}: {exc}"
         raise ApiUnavailable(text, **context()) from exc
     return response.status, response.headers, raw

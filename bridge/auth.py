@@ -16,6 +16,7 @@ import yarl
 from pydantic import SecretStr
 
 from bridge.answers import exchange, iam_error_for
+from bridge.deadlines import Deadlines
 from bridge.errors import (
     ApiErrorContext,
     BridgeError,
@@ -227,7 +228,7 @@ class IamTokenAuth:
         self._password = password
         self._domain = domain
         self._refresh_margin_s = refresh_margin_s
-        self._timeout_s = timeout_s
+        self._deadlines = Deadlines(timeout_s)
         self._clock = clock
         self._wall_clock = wall_clock
         self._scopes: dict[str | None, _Scope] = {}
@@ -308,7 +309,7 @@ class IamTokenAuth:
             self._tokens_url,
             headers=headers,
             body=body,
-            timeout_s=self._timeout_s,
+            deadlines=self._deadlines,
             context=lambda: context,
             label="IAM",
         )

@@ -27,6 +27,7 @@ from bridge.answers import (
 )
 from bridge.auth import Auth, OutgoingRequest
 from bridge.breaker import BreakerState, CircuitBreaker
+from bridge.deadlines import Deadlines
 from bridge.errors import (
     ApiError,
     ApiUnavailable,
@@ -62,7 +63,7 @@ def new_session() -> aiohttp.ClientSession:
     """The process's one HTTP session, for the composer to own and hand to client and auth.
 
     The client's in-flight semaphore is the connection cap, so the pool itself is unbounded;
-    every request carries its own ``asyncio.timeout``, so the session has none. Call it from
+    every request carries its own timeout (``Deadlines``), so the session has none. Call it from
     inside the event loop, and close it (``async with``) after everything that borrowed it.
     """
     return aiohttp.ClientSession(
@@ -132,7 +133,7 @@ class DliClient:
     client; the IAM token auth borrows the same one. Every call goes through, in order: the
     project's circuit breaker, the project's and the credential's token buckets, the
     credential, the global in-flight cap (held only while the request is on the wire), and
-    ``asyncio.timeout``. Failures are mapped to ``bridge.errors``; retryable ones are retried
+    a timeout (``Deadlines``). Failures are mapped to ``bridge.errors``; retryable ones are retried
     with full-jitter backoff, or after ``Retry-After`` when the gateway throttles us.
     ``clock``, ``sleep``, ``rng`` and ``wall_clock`` are injectable for tests.
     """
@@ -166,6 +167,7 @@ class DliClient:
             settings.credential_rate_per_s, settings.credential_burst, clock=clock, sleep=sleep
         )
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
+        self._deadlines = Deadlines(settings.request_timeout_s)
         self._busy = 0
         self._breakers: dict[str, CircuitBreaker] = {}
         self._jobs_urls: dict[str, yarl.URL] = {}
@@ -382,7 +384,7 @@ class DliClient:
                         request.url,
                         headers=request.headers,
                         body=request.body,
-                        timeout_s=self.settings.request_timeout_s,
+                        deadlines=self._deadlines,
                         context=call.context,
                     )
                 finally:

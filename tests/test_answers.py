@@ -18,6 +18,7 @@ from bridge.answers import (
     malformed,
     validate,
 )
+from bridge.deadlines import Deadlines
 from bridge.errors import (
     ApiErrorContext,
     ApiRejected,
@@ -156,7 +157,13 @@ async def test_exchange_returns_status_headers_and_body():
     app.router.add_post("/echo", handler)
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         status, headers, body = await exchange(
-            session, "POST", url / "echo", headers={}, body=b"hi", timeout_s=5.0, context=_nowhere
+            session,
+            "POST",
+            url / "echo",
+            headers={},
+            body=b"hi",
+            deadlines=Deadlines(5.0),
+            context=_nowhere,
         )
     assert (status, headers["X-Request-Id"], body) == (418, "r", b"hi")
 
@@ -171,13 +178,13 @@ async def test_exchange_maps_a_refused_connection_and_a_timeout():
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         with pytest.raises(ApiUnavailable, match=r"^IAM: no answer within 0\.05 s") as late:
             await exchange(
-                session, "GET", url / "slow", headers={}, body=b"", timeout_s=0.05,
+                session, "GET", url / "slow", headers={}, body=b"", deadlines=Deadlines(0.05),
                 context=lambda: {"project_id": "p1"}, label="IAM",
             )  # fmt: skip
         with pytest.raises(ApiUnavailable, match=r"^request failed: ClientConnector") as refused:
             await exchange(
                 session, "GET", yarl.URL("http://127.0.0.1:9/"), headers={}, body=b"",
-                timeout_s=5.0, context=_nowhere,
+                deadlines=Deadlines(5.0), context=_nowhere,
             )  # fmt: skip
     assert late.value.project_id == "p1"
     assert isinstance(late.value.__cause__, TimeoutError)
