@@ -767,11 +767,12 @@ class Scheduler:
 
         The watermark (``through``) rides in the last batch: a reader that sees it has seen
         every event of the cycle (one transaction under exactly-once). A quiet cycle (nothing
-        but its watermark to write) on a shard that wrote less than half an interval ago pays
-        no transaction of its own: its watermark waits for the shard's next write, which
-        carries every waiting watermark. If none comes, the project's next cycle writes (the
-        shard's last write is then over an interval old): a watermark waits one interval at
-        most, and projects sharing a shard share its transactions while they are quiet.
+        but its watermark to write) pays no transaction of its own when its project's previous
+        watermark is not still waiting: its watermark waits for the shard's next write, which
+        carries every waiting watermark. If none comes, the project's next cycle writes: a
+        watermark waits one interval at most, a project alone on its shard writes every other
+        quiet cycle, and projects sharing a shard share its transactions while they are quiet
+        (about one per shard per interval).
         """
         pid = cycle.project.project_id
         dead = list(cycle.dead.items())
@@ -824,13 +825,15 @@ class Scheduler:
             carried[cycle.project.project_id] = (self._mark(cycle, through), through)
         return carried
 
-    def _may_wait(self, runner: ShardRunner, project: ProjectState) -> bool:
-        """Whether a quiet cycle's watermark may wait for the shard's next write (never while
-        the project's watermark is stalled: the first complete cycle says so at once)."""
-        written = runner.written_at
-        if written is None or project.stalled_since is not None:
+    @staticmethod
+    def _may_wait(runner: ShardRunner, project: ProjectState) -> bool:
+        """Whether a quiet cycle's watermark may wait for the shard's next write: not when
+        the project's previous one is still waiting (so none waits longer than one interval),
+        nor before the shard's first write, nor while the project's watermark is stalled (the
+        first complete cycle says so at once)."""
+        if runner.written_at is None or project.stalled_since is not None:
             return False
-        return self._clock() - written < self.config.interval_s / 2
+        return project.project_id not in runner.marks
 
     # --- re-snapshot ----------------------------------------------------------------------
 
