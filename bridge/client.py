@@ -63,11 +63,15 @@ def new_session() -> aiohttp.ClientSession:
     """The process's one HTTP session, for the composer to own and hand to client and auth.
 
     The client's in-flight semaphore is the connection cap, so the pool itself is unbounded;
-    every request carries its own timeout (``Deadlines``), so the session has none. Call it from
-    inside the event loop, and close it (``async with``) after everything that borrowed it.
+    every request carries its own timeout (``Deadlines``), so the session has none. It asks
+    for JSON by default (a header per request would be merged into the defaults every time).
+    Call it from inside the event loop, and close it (``async with``) after everything that
+    borrowed it.
     """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None),
+        headers={"Accept": "application/json"},
     )
 
 
@@ -346,7 +350,7 @@ class DliClient:
         while True:
             if breaker is not None:
                 breaker.before_attempt()
-            request = OutgoingRequest(call.method, call.url, {"Accept": "application/json"})
+            request = OutgoingRequest(call.method, call.url)
             outcome = await self._attempt(call, request)
             if isinstance(outcome, Answer) and 200 <= outcome.status < 300:
                 _settle(breaker, None)
