@@ -50,6 +50,8 @@ DEFAULT_SWEEP_SIZES = (1_000, 10_000, 50_000, 100_000)
 CHANGE_SHARE_PER_MIN = 0.01  # default change rate: 1 % of the jobs each minute
 _REQUESTS = "dli_bridge_api_requests_total"
 _SETTLE_S = 1.0
+BESIDE_LEAD_S = 3.0  # a loop process spawns, imports and warms up in less
+BESIDE_NAMES = {"paced": "bare paced (beside)", "sdk_paced": "sdk paced (beside)"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,27 +237,41 @@ def _loop_row(name: str, figures: LoopFigures) -> Row:
     )
 
 
-async def _loops(config: BenchConfig, fleet: Fleet, say: Say) -> list[Row]:
+def _has_sdk() -> bool:
     import importlib.util
 
+    return importlib.util.find_spec("huaweicloudsdkdli") is not None
+
+
+def _schedule(config: BenchConfig) -> Schedule:
+    """The bridge's own pacing in detail mode (see PollConfig.from_settings)."""
+    return Schedule(config.interval_s, max(1, config.concurrency // 4))
+
+
+async def _loops(config: BenchConfig, fleet: Fleet, say: Say) -> list[Row]:
     targets = await fleet.targets(fleet.project_ids)
     rows = []
     loops = [("bare", "bare loop"), ("paced", "bare paced")]
-    if importlib.util.find_spec("huaweicloudsdkdli") is None:
+    if not _has_sdk():
         say("no sdk loop: install the official SDK with `pip install 'dli-bridge[bench]'`")
     else:
         loops += [("sdk", "sdk loop"), ("sdk_paced", "sdk paced")]
-    # the bridge's own pacing in detail mode (see PollConfig.from_settings)
-    schedule = Schedule(config.interval_s, max(1, config.concurrency // 4))
     for kind, name in loops:
         say(f"measuring the {name} ({config.concurrency} at once, {config.duration_s:g} s)…")
         figures = await run_loop(
-            kind, fleet.url, targets, config.concurrency, config.duration_s, schedule
+            kind, fleet.url, targets, config.concurrency, config.duration_s, _schedule(config)
         )
         row = _loop_row(name, figures)
         row.jobs = len(targets)
         rows.append(row)
     return rows
+
+
+def _beside_kinds(config: BenchConfig) -> tuple[str, ...]:
+    """The paced loops measured side by side with the bridge in detail mode."""
+    if not config.baselines:
+        return ()
+    return ("paced", "sdk_paced") if _has_sdk() else ("paced",)
 
 
 # --- bridge rows --------------------------------------------------------------------------------
@@ -338,6 +354,7 @@ class RowPlan:
     instances: int = 1
     burst: int = 0
     burst_s: float = 0.0
+    beside: tuple[str, ...] = ()  # loop kinds run side by side over the steady window
 
 
 async def _bridge_children(
@@ -358,6 +375,7 @@ class Measured:
     end: Window  # burst committed (one interval later)
     topic: str
     per_cycle: float  # jobs one list or sweep cycle observes
+    beside: tuple[Row, ...] = ()  # the loops measured over (a little more than) the window
 
 
 async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
@@ -379,10 +397,12 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
         children = await _bridge_children(stack, fleet, spec, plan.instances)
         await _warm(children, jobs, spec.partitions, plan.interval_s + plan.jitter_s)
         per_cycle = await fleet.mean_jobs(plan.projects)
+        beside = await _start_beside(stack, config, fleet, plan)
         await fleet.changes()  # the window's ground truth starts here
         start = await _look(children)
         await asyncio.sleep(plan.duration_s)
         steady = await _look(children)
+        beside_rows = tuple([await task for task in beside])
         end = steady
         if plan.burst:
             for second in range(max(1, round(plan.burst_s))):
@@ -391,7 +411,30 @@ async def measure(config: BenchConfig, fleet: Fleet, plan: RowPlan) -> Measured:
                 await fleet.step(plan.burst)
             await asyncio.sleep(plan.interval_s + plan.jitter_s + _SETTLE_S)
             end = await _look(children)
-    return Measured(start, steady, end, spec.topic("events"), per_cycle)
+    return Measured(start, steady, end, spec.topic("events"), per_cycle, beside_rows)
+
+
+async def _start_beside(
+    stack: contextlib.AsyncExitStack, config: BenchConfig, fleet: Fleet, plan: RowPlan
+) -> list[asyncio.Task[Row]]:
+    """Start ``plan.beside``'s loops so that their measured windows cover the bridge's: the
+    same seconds of the same machine (a VM's speed drifts over minutes), the same simulator."""
+    if not plan.beside:
+        return []
+    targets = await fleet.targets(plan.projects)
+    span = BESIDE_LEAD_S + plan.duration_s + 1.0
+
+    async def one(kind: str) -> Row:
+        schedule = _schedule(config)
+        figures = await run_loop(kind, fleet.url, targets, config.concurrency, span, schedule)
+        row = _loop_row(BESIDE_NAMES[kind], figures)
+        row.jobs = len(targets)
+        return row
+
+    tasks = [asyncio.create_task(one(kind)) for kind in plan.beside]
+    stack.callback(lambda: [task.cancel() for task in tasks])
+    await asyncio.sleep(BESIDE_LEAD_S)  # spawned, imported, warmed up: measuring
+    return tasks
 
 
 def _steady(
@@ -413,8 +456,9 @@ def _steady(
 
 async def bridge_row(
     config: BenchConfig, fleet: Fleet, plan: RowPlan, baseline_rss: int, name: str
-) -> Row:
-    """Measure one bridge row end to end, latency and burst included."""
+) -> list[Row]:
+    """Measure one bridge row end to end, latency and burst included; then the rows of the
+    loops measured beside it."""
     seen = await measure(config, fleet, plan)
     jobs = len(plan.projects) * fleet.jobs_per_project
     wall, cpu, polls, requests, rss = _steady(plan, seen.per_cycle, seen.start, seen.steady)
@@ -438,7 +482,7 @@ async def bridge_row(
     await _latency(fleet, plan, row, seen, commits)
     if plan.burst:
         _burst(row, seen, commits)
-    return row
+    return [row, *seen.beside]
 
 
 async def _latency(
@@ -505,11 +549,12 @@ async def _main_rows(config: BenchConfig, bootstrap: str, report: Report, say: S
                 config.duration_s,
                 burst=config.burst,
                 burst_s=config.burst_s,
+                beside=_beside_kinds(config) if mode == "detail" else (),
             )
             name = f"bridge {mode}"
-            row = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
-            if row is not None:
-                report.rows.append(row)
+            rows = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
+            if rows is not None:
+                report.rows += rows
                 report.save()
         if config.instances > 1:
             await _scale_out(config, fleet, baseline, report, say)
@@ -536,9 +581,9 @@ async def _scale_out(
         instances=config.instances,
     )
     name = f"bridge list x{config.instances}"
-    row = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
-    if row is not None:
-        report.rows.append(row)
+    rows = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
+    if rows is not None:
+        report.rows += rows
         report.save()
 
 
