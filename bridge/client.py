@@ -232,7 +232,12 @@ class DliClient:
         return (await self._send(self._job_call(project_id, job_id))).body
 
     def _job_call(self, project_id: str, job_id: int | str) -> Call:
-        return Call("GET", self._jobs_url(project_id) / str(job_id), project_id, job_id)
+        jobs = self._jobs_url(project_id)
+        if type(job_id) is int:  # digits need no quoting: half the cost of yarl's "/"
+            url = jobs.with_path(f"{jobs.raw_path}/{job_id}", encoded=True)
+        else:
+            url = jobs / str(job_id)
+        return Call("GET", url, project_id, job_id)
 
     async def list_jobs(
         self,

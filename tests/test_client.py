@@ -100,6 +100,16 @@ async def _scripted_client(
 DETAIL_OK = _json({"is_success": "true", "message": "", "job_detail": {"job_id": 5, "name": "x"}})
 
 
+async def test_detail_calls_keep_the_endpoint_path_and_ask_for_json():
+    scripted = Scripted([DETAIL_OK])
+    async with _serve(scripted) as base_url, _client(_api(base_url + "/gw/a%20b"), NoAuth()) as c:
+        await c.get_job_body("p1", 5)
+        await c.get_job("p1", "5")
+    paths = [r.raw_path for r in scripted.seen]
+    assert paths == ["/gw/a%20b/v1.0/p1/streaming/jobs/5"] * 2
+    assert {r.headers["Accept"] for r in scripted.seen} == {"application/json"}
+
+
 async def test_detail_answer_gives_raw_and_model():
     async with _scripted_client(DETAIL_OK) as (client, scripted, _):
         fetched = await client.get_job("p1", 5)
