@@ -211,6 +211,7 @@ async def exchange(
     the message (``"IAM"``). ``context`` is called only to name a failure. ``deadlines`` bounds
     the whole exchange, the body included (see ``Deadlines`` for its precision).
     """
+    prefix = f"{label}: " if label else ""
     try:
         async with (
             deadlines(),
@@ -218,11 +219,9 @@ async def exchange(
         ):
             raw = await response.read()
     except TimeoutError as exc:
-        prefix = f"{label}: " if label else ""
         text = f"{prefix}no answer within {deadlines.timeout_s:g} s"
         raise ApiUnavailable(text, **context()) from exc
     except aiohttp.ClientError as exc:
-        prefix = f"{label}: " if label else ""
         text = f"{prefix}request failed: {type(exc).__name__}: {exc}"
         raise ApiUnavailable(text, **context()) from exc
     return response.status, response.headers, raw

@@ -225,11 +225,11 @@ async def _kafka(config: BenchConfig, say: Say) -> AsyncIterator[str]:
 # --- reference loops -----------------------------------------------------------------------------
 
 
-def _loop_row(name: str, figures: LoopFigures) -> Row:
+def _loop_row(name: str, figures: LoopFigures, jobs: int) -> Row:
     done = max(1, figures.requests)
     return Row(
         name=name,
-        jobs=0,
+        jobs=jobs,
         polls_per_s=figures.requests / figures.wall_s,
         cpu_us_per_poll=figures.cpu_s / done * 1e6,
         cores=figures.cpu_s / figures.wall_s,
@@ -261,9 +261,7 @@ async def _loops(config: BenchConfig, fleet: Fleet, say: Say) -> list[Row]:
         figures = await run_loop(
             kind, fleet.url, targets, config.concurrency, config.duration_s, _schedule(config)
         )
-        row = _loop_row(name, figures)
-        row.jobs = len(targets)
-        rows.append(row)
+        rows.append(_loop_row(name, figures, len(targets)))
     return rows
 
 
@@ -427,9 +425,7 @@ async def _start_beside(
     async def one(kind: str) -> Row:
         schedule = _schedule(config)
         figures = await run_loop(kind, fleet.url, targets, config.concurrency, span, schedule)
-        row = _loop_row(BESIDE_NAMES[kind], figures)
-        row.jobs = len(targets)
-        return row
+        return _loop_row(BESIDE_NAMES[kind], figures, len(targets))
 
     tasks = [asyncio.create_task(one(kind)) for kind in plan.beside]
     stack.callback(lambda: [task.cancel() for task in tasks])
