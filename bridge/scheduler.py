@@ -805,7 +805,7 @@ class Scheduler:
                     runner.marks = carried | runner.marks
                 return False
             self.metrics.transactions.labels("committed").inc()
-            runner.written_at = self._clock()
+            runner.has_written = True
             self._trimmer.after_write(len(piece))
             cycle.project.commit(piece, [key for key, _ in dead])
             self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
@@ -831,7 +831,7 @@ class Scheduler:
         the project's previous one is still waiting (so none waits longer than one interval),
         nor before the shard's first write, nor while the project's watermark is stalled (the
         first complete cycle says so at once)."""
-        if runner.written_at is None or project.stalled_since is not None:
+        if not runner.has_written or project.stalled_since is not None:
             return False
         return project.project_id not in runner.marks
 

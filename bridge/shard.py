@@ -107,7 +107,7 @@ class ShardRunner:
         # Watermarks of quiet cycles waiting to ride the shard's next write (project -> record
         # and its observed-through), see Scheduler._commit.
         self.marks: dict[str, tuple[OutRecord, float]] = {}
-        self.written_at: float | None = None  # the last write that returned (epoch seconds)
+        self.has_written = False  # a write returned since the shard opened
         self.revoked = False  # set by a revoke: cycles in flight are cancelled, not awaited
         self.restore_seconds = 0.0
 
