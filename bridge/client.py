@@ -175,6 +175,9 @@ class DliClient:
         self._busy = 0
         self._breakers: dict[str, CircuitBreaker] = {}
         self._jobs_urls: dict[str, yarl.URL] = {}
+        # Whether this API's total_count counts every match, not the page: proven by one
+        # answer counting more than its rows (DLI's doc implies it but does not say it).
+        self._counts_all = False
 
     def __repr__(self) -> str:
         opened = sum(b.state is not BreakerState.CLOSED for b in self._breakers.values())
@@ -274,32 +277,33 @@ class DliClient:
         snapshot). Most rows of most sweeps are unchanged, so they are checked by hand, not
         modelled: pydantic sees a page only when something in it needs coercing or refusing."""
         query = _list_query(show_detail, {})
-        return self._pages(project_id, query, None, self._row_page, _row_id)
+        return self._pages(project_id, query, None, self._row_doc, _row_id)
 
     async def count_jobs(self, project_id: str) -> int | None:
         """How many jobs the project's list holds, from one request for one light row.
 
-        None when the answer does not prove it: ``total_count`` absent, or no more than the
-        rows on the page (DLI's docs leave open whether it counts the page or every match;
-        a count above the page's one row can only be every match).
+        None when the answer does not prove it: ``total_count`` absent, or not yet shown to
+        count every match (DLI's docs leave open whether it counts the page or every match;
+        a count above a page's rows, in this answer or any earlier one, can only be every
+        match).
         """
         query = _list_query(False, {}) | {"offset": "0", "limit": "1"}
-        doc, rows = await self._row_doc(project_id, query)
-        total = doc["job_list"].get("total_count")  # a checked page has its job_list object
-        return total if type(total) is int and total > len(rows) else None
+        _, total = await self._row_doc(project_id, query)
+        return total if self._counts_all else None
 
     async def _pages(
         self,
         project_id: str,
         query: dict[str, str],
         page_size: int | None,
-        read: Callable[[str, dict[str, str]], Awaitable[list[R]]],
+        read: Callable[[str, dict[str, str]], Awaitable[tuple[list[R], int | None]]],
         key: Callable[[R], int],
     ) -> AsyncIterator[list[R]]:
         scan = PageScan(page_size or self.settings.page_size, project_id)
         while scan.offset is not None:
             query |= {"offset": str(scan.offset), "limit": str(scan.limit)}
-            fresh = scan.take_by(await read(project_id, query), key)
+            rows, total = await read(project_id, query)
+            fresh = scan.take_by(rows, key, total if self._counts_all else None)
             if fresh:
                 yield fresh
         if scan.step_backs:
@@ -320,26 +324,36 @@ class DliClient:
 
     async def _list_page(
         self, project_id: str, query: dict[str, str]
-    ) -> list[Fetched[JobListItem]]:
+    ) -> tuple[list[Fetched[JobListItem]], int | None]:
+        """A list page's validated rows and its ``total_count``."""
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         body = validate(JobListResponse, doc, answer, call)
-        return _rows(doc, body, answer, call)
-
-    async def _row_page(self, project_id: str, query: dict[str, str]) -> list[EngineRow]:
-        return (await self._row_doc(project_id, query))[1]
+        rows = _rows(doc, body, answer, call)
+        return rows, self._total(doc, len(rows))
 
     async def _row_doc(
         self, project_id: str, query: dict[str, str]
-    ) -> tuple[dict[str, Any], list[EngineRow]]:
-        """A list page's body and its rows, checked as ``iter_rows`` says."""
+    ) -> tuple[list[EngineRow], int | None]:
+        """A list page's rows, checked as ``iter_rows`` says, and its ``total_count``."""
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         rows = _lean_rows(doc)
         if rows is None:  # something to coerce or to refuse: pydantic decides, with its errors
             body = validate(JobRowsResponse, doc, answer, call)
             rows = [(row.model.job_id, row.raw) for row in _rows(doc, body, answer, call)]
-        return doc, rows
+        return rows, self._total(doc, len(rows))
+
+    def _total(self, doc: dict[str, Any], rows: int) -> int | None:
+        """A checked page's ``total_count`` (None when absent or not an integer); a count
+        above the page's rows proves it counts every match, here and from now on."""
+        total = doc["job_list"].get("total_count")  # a checked page has its job_list object
+        if type(total) is not int:
+            return None
+        if total > rows and not self._counts_all:
+            self._counts_all = True
+            log.debug("%s: total_count counts every match, not the page", self._dli_base)
+        return total
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)

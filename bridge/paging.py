@@ -26,7 +26,9 @@ class PageScan:
     deletion shifted the rows left, that page holds no row we have seen: rows may have
     slipped past the boundary unseen, so the scan steps one page back and reads again.
     Rows are deduplicated by ``job_id``; jobs created mid-scan land at the end (ascending
-    order) and are picked up. ``offset`` is None when the scan is complete.
+    order) and are picked up. ``offset`` is None when the scan is complete: after a short page,
+    or after a page that reaches the list's end by its own answer's count of every match (a
+    full last page then needs no empty page after it).
     """
 
     def __init__(self, limit: int, project_id: str | None = None) -> None:
@@ -44,8 +46,11 @@ class PageScan:
         """Feed the page read at ``offset``; return its rows not taken before."""
         return self.take_by(rows, model_id)
 
-    def take_by(self, rows: Sequence[R], key: Callable[[R], int]) -> list[R]:
-        """``take`` for rows of any shape, ``key`` giving each row's ``job_id``."""
+    def take_by(
+        self, rows: Sequence[R], key: Callable[[R], int], total: int | None = None
+    ) -> list[R]:
+        """``take`` for rows of any shape, ``key`` giving each row's ``job_id``; ``total``, if
+        known, is how many rows the whole list held when this page was read."""
         at = self.offset
         if at is None:
             return []
@@ -58,7 +63,9 @@ class PageScan:
             if job_id not in self._seen:
                 self._seen.add(job_id)
                 fresh.append(row)
-        self.offset = None if len(rows) < self.limit else at + len(rows) - 1
+        end = at + len(rows)
+        last = len(rows) < self.limit or (total is not None and end >= total)
+        self.offset = None if last else end - 1
         return fresh
 
     def _step_back(self, at: int) -> None:

@@ -416,6 +416,15 @@ async def test_count_is_every_match_only_when_it_exceeds_the_page(job_list, coun
     assert (query["limit"], query["offset"], query["show_detail"]) == ("1", "0", "false")
 
 
+async def test_a_count_no_larger_than_its_page_counts_once_another_answer_proved_it():
+    proof = {"is_success": "true", "job_list": {"total_count": 26, "jobs": [{"job_id": 1}]}}
+    one = {"is_success": "true", "job_list": {"total_count": 1, "jobs": [{"job_id": 1}]}}
+    async with _scripted_client(_json(one), _json(proof), _json(one)) as (client, _, _):
+        assert await client.count_jobs("p1") is None  # might count the page
+        assert await client.count_jobs("p2") == 26
+        assert await client.count_jobs("p1") == 1  # the API counts every match
+
+
 async def test_count_refuses_a_body_the_list_refuses():
     async with _scripted_client(_json({"is_success": True})) as (client, _, _):
         with pytest.raises(MalformedResponse, match="job_list"):
@@ -553,8 +562,24 @@ async def test_list_survives_deletions_between_pages():
             taken += [r.model.job_id for r in page]
     assert len(taken) == len(set(taken))
     assert _live_ids(sim, pid) <= set(taken)
-    # Offsets 0, 9 (no row seen before: contact lost), 0 again, 9, 18, 27.
-    assert sim.requests[("list", pid)] == 6
+    # Offsets 0, 9 (no row seen before: contact lost), 0 again, 9, 18: its rows reach the
+    # total_count of 28 (the first page's count of 30 above its 10 rows proved it counts all).
+    assert sim.requests[("list", pid)] == 5
+
+
+@pytest.mark.parametrize(("total_count", "requests"), [("all", 2), ("page", 3)])
+async def test_a_full_last_page_ends_the_scan_once_the_count_is_proven(total_count, requests):
+    """19 jobs, pages of 10 overlapping by one: offsets 0 and 9 hold them all. Where the first
+    answer's count (19 above its 10 rows) proves it counts every match, the scan ends there;
+    where it counts the page, only a short page at offset 18 can tell the list has ended."""
+    async with _sim_client({"jobs_per_project": 19, "total_count": total_count}) as (client, sim):
+        pid = sim.project_ids[0]
+        rows = await client.list_jobs(pid, page_size=10)
+        engine_rows = [row async for page in client.iter_rows(pid) for row in page]
+    assert sorted(r.model.job_id for r in rows) == sorted(_live_ids(sim, pid))
+    assert sorted(job_id for job_id, _ in engine_rows) == sorted(_live_ids(sim, pid))
+    # the engine's pages hold 100 rows: one request, whether or not the count is proven
+    assert sim.requests[("list", pid)] == requests + 1
 
 
 async def test_list_picks_up_jobs_created_mid_scan():
