@@ -141,6 +141,7 @@ class App:
             on_revoked=self._on_revoked,
             instance_id=kafka.instance_id,
             session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             rebalance_timeout_ms=kafka.rebalance_timeout_ms,
             drain_s=settings.polling.drain_s,
             client_options=client_options(

@@ -48,7 +48,11 @@ OnRevoked = Callable[[frozenset[int]], Awaitable[None]]
 
 NO_GENERATION = -1
 DEFAULT_TOPIC_WAIT_S = 60.0
-POLL_TIMEOUT_MS = 1000
+# How long the keep-alive poll waits. It returns no records (every partition is paused); a
+# rebalance runs in aiokafka's own coordination task, so this only bounds how late a fatal
+# group error (authorization, a dead coordinator routine) surfaces. Each return wakes the
+# process: at 1 s it was a tenth of an idle instance's CPU.
+POLL_TIMEOUT_MS = 10000
 ERROR_BACKOFF_S = 1.0
 # JoinGroup may wait the whole rebalance timeout on the broker; answer time on top
 JOIN_MARGIN_MS = 5000
@@ -70,9 +74,15 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def heartbeat_interval_ms(session_timeout_ms: int) -> int:
-    """A tenth of the session (Kafka advises at most a third), between 100 ms and 3 s."""
-    return max(100, min(3000, session_timeout_ms // 10))
+def default_heartbeat_ms(session_timeout_ms: int) -> int:
+    """A third of the session (Kafka's advice, the Java client's ratio), between 100 ms and
+    Kafka's default of 3 s: with the default 10 s session, 3 s.
+
+    Members learn of a rebalance at their next heartbeat, so it bounds how long a joining
+    instance waits; each one wakes every idle instance (a tenth of a session cost an idle
+    instance about a third of its CPU). ``kafka.heartbeat_interval_ms`` overrides it.
+    """
+    return max(100, min(3000, session_timeout_ms // 3))
 
 
 class Membership:
@@ -101,6 +111,7 @@ class Membership:
         on_revoked: OnRevoked,
         instance_id: str | None = None,
         session_timeout_ms: int = 10000,
+        heartbeat_interval_ms: int | None = None,
         rebalance_timeout_ms: int = 30000,
         drain_s: float = 0.0,
         client_options: Mapping[str, Any] | None = None,
@@ -110,6 +121,12 @@ class Membership:
             raise ConfigError(
                 "kafka.rebalance_timeout_ms must exceed the drain deadline",
                 [f"rebalance_timeout_ms={rebalance_timeout_ms} <= drain_s={drain_s:g} s"],
+            )
+        heartbeat_ms = heartbeat_interval_ms or default_heartbeat_ms(session_timeout_ms)
+        if heartbeat_ms >= session_timeout_ms:
+            raise ConfigError(
+                "kafka.heartbeat_interval_ms must be below the session timeout",
+                [f"heartbeat_interval_ms={heartbeat_ms} >= {session_timeout_ms}"],
             )
         self.group_id = group_id
         self.instance_id = instance_id
@@ -125,7 +142,7 @@ class Membership:
             "group_instance_id": instance_id,
             "session_timeout_ms": session_timeout_ms,
             "rebalance_timeout_ms": rebalance_timeout_ms,
-            "heartbeat_interval_ms": heartbeat_interval_ms(session_timeout_ms),
+            "heartbeat_interval_ms": heartbeat_ms,
             "request_timeout_ms": max(
                 DEFAULT_REQUEST_TIMEOUT_MS, rebalance_timeout_ms + JOIN_MARGIN_MS
             ),
@@ -139,7 +156,7 @@ class Membership:
             # aiokafka's fetch routine wakes this often to look for work even when every
             # partition is paused (10 wake-ups a second per instance at its 200 ms default);
             # assignments and resumes wake it at once anyway
-            "consumer_timeout_ms": 5000,
+            "consumer_timeout_ms": 30000,
         }
         self._state = _State.UNOPENED
         self._consumer: Any = None

@@ -326,12 +326,20 @@ class KafkaSettings(BaseModel):
     group_id: Name = DEFAULT_GROUP_ID
     instance_id: Name | None = None
     session_timeout_ms: Count = Field(DEFAULT_SESSION_TIMEOUT_MS, ge=1)
+    # None: a third of the session, at most 3 s (Kafka's default)
+    heartbeat_interval_ms: Count | None = Field(None, ge=1)
     rebalance_timeout_ms: Count = Field(DEFAULT_REBALANCE_TIMEOUT_MS, ge=1)
     topics: TopicsSettings = TopicsSettings()
 
     @model_validator(mode="after")
     def _security_consistent(self) -> Self:
         problems = list(_security_problems(self))
+        heartbeat = self.heartbeat_interval_ms
+        if heartbeat is not None and heartbeat >= self.session_timeout_ms:
+            problems.append(
+                f"heartbeat_interval_ms ({heartbeat}) must be below session_timeout_ms "
+                f"({self.session_timeout_ms})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

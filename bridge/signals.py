@@ -38,8 +38,10 @@ MAX_REQUEST_AGE_S = 3600.0
 _TIMEOUT_S = 10.0
 # The broker answers a fetch as soon as a request lands, so a long wait costs no latency; it
 # saves an idle instance a fetch round trip every half second (aiokafka's default wait), and
-# the fetch routine's wake-up every 200 ms (consumer_timeout_ms) with it.
-_FETCH_WAIT_MS = 5000
+# the fetch routine's wake-up every 200 ms (consumer_timeout_ms) with it. A fetch's answer
+# must come within the request timeout, so that is the wait plus the usual timeout.
+_FETCH_WAIT_MS = 15000
+_READ_TIMEOUT_S = _FETCH_WAIT_MS / 1000 + _TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ class SignalReader:
 
     async def __aenter__(self) -> Self:
         options = client_options(
-            self._kafka, client_id="dli-bridge-signals", request_timeout_s=_TIMEOUT_S
+            self._kafka, client_id="dli-bridge-signals", request_timeout_s=_READ_TIMEOUT_S
         )
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,

@@ -53,6 +53,7 @@ def bridge_config(
             "transactional_id_prefix": name,
             "group_id": name,
             "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 600,  # members learn of a rebalance sooner than by default
             "rebalance_timeout_ms": 10000,
             "topics": {
                 topic: f"{name}.{topic}"

@@ -80,7 +80,11 @@ def group_config(*, partitions: int, rate_per_s: float) -> dict[str, Any]:
             "credential_burst": int(rate_per_s),
         },
         "polling": {"interval_s": INTERVAL_S, "reconcile_interval_s": RECONCILE_S, "jitter_s": 0.1},
-        "kafka": {"partitions": partitions, "session_timeout_ms": SESSION_TIMEOUT_MS},
+        "kafka": {
+            "partitions": partitions,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 10,  # quick rebalances
+        },
     }
 
 

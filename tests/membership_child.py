@@ -60,6 +60,7 @@ async def main(args: argparse.Namespace) -> None:
         state_topic=args.topic,
         instance_id=args.instance,
         session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.session_timeout_ms // 10,  # quick rebalances
         rebalance_timeout_ms=args.rebalance_timeout_ms,
         on_assigned=on_assigned,
         on_revoked=on_revoked,

@@ -90,6 +90,7 @@ def member(
     on_assigned, on_revoked = callbacks
     options: dict[str, Any] = {
         "session_timeout_ms": SESSION_MS,
+        "heartbeat_interval_ms": SESSION_MS // 10,  # quick rebalances
         "rebalance_timeout_ms": REBALANCE_MS,
         **kw,
     }
@@ -373,6 +374,50 @@ async def test_rebalance_timeout_must_exceed_drain():
             on_revoked=noop,
             rebalance_timeout_ms=10000,
             drain_s=10.0,
+        )
+
+
+@pytest.mark.parametrize(
+    ("session_ms", "given", "used"),
+    [
+        (10000, None, 3000),
+        (6000, None, 2000),
+        (45000, None, 3000),
+        (240, None, 100),
+        (6000, 600, 600),
+    ],
+)
+def test_heartbeat_is_a_third_of_the_session_at_most_kafkas_default(session_ms, given, used):
+    async def noop(*_: object) -> None:
+        return None
+
+    member = Membership(
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        state_topic="t",
+        on_assigned=noop,
+        on_revoked=noop,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=given,
+        rebalance_timeout_ms=30000,
+    )
+    assert member._consumer_options["heartbeat_interval_ms"] == used
+    assert member._consumer_options["session_timeout_ms"] == session_ms
+
+
+def test_heartbeat_must_be_below_the_session():
+    async def noop(*_: object) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
+        Membership(
+            bootstrap_servers="127.0.0.1:1",
+            group_id="g",
+            state_topic="t",
+            on_assigned=noop,
+            on_revoked=noop,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=6000,
         )
 
 

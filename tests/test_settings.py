@@ -261,6 +261,19 @@ def test_engine_defaults_are_the_named_constants():
     assert s.kafka.max_record_bytes == settings.DEFAULT_MAX_RECORD_BYTES
     assert (s.kafka.group_id, s.kafka.instance_id) == ("dli-bridge", None)
     assert (s.kafka.session_timeout_ms, s.kafka.rebalance_timeout_ms) == (10_000, 30_000)
+    assert s.kafka.heartbeat_interval_ms is None  # the membership derives it from the session
+
+
+def test_a_heartbeat_not_below_the_session_is_refused():
+    env = {**NO_AUTH, "BRIDGE_KAFKA__SESSION_TIMEOUT_MS": "6000"}
+    assert (
+        Settings.from_env(
+            env | {"BRIDGE_KAFKA__HEARTBEAT_INTERVAL_MS": "600"}
+        ).kafka.heartbeat_interval_ms
+        == 600
+    )
+    with pytest.raises(ConfigError, match=r"heartbeat_interval_ms \(6000\) must be below"):
+        Settings.from_env(env | {"BRIDGE_KAFKA__HEARTBEAT_INTERVAL_MS": "6000"})
 
 
 def test_every_key_comes_from_the_environment_nested_included():
