@@ -66,6 +66,7 @@ from bridge.tracking import (
     detail_fingerprint,
     detail_view,
     fingerprint,
+    quick_hash,
     utc,
 )
 
@@ -745,8 +746,11 @@ class Scheduler:
 
     @staticmethod
     def _judge_body(cycle: Cycle, job_id: int, body: bytes, observed: float) -> None:
+        quick = quick_hash(body)
+        if cycle.same_body(job_id, quick, observed):
+            return
         fp = fingerprint(body, cycle.fp_key)
-        if cycle.unchanged(job_id, fp, observed):
+        if cycle.unchanged(job_id, fp, observed, quick):
             return
         pid = cycle.project.project_id
         try:

@@ -6,6 +6,7 @@ import enum
 import functools
 import hashlib
 import math
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,6 +20,7 @@ from bridge.models import JsonDict
 __all__ = [
     "DETAIL_ROW_LACKS",
     "FAST_LANE_POLLS",
+    "QUICK_HASH",
     "SINCE_BEFORE",
     "Known",
     "Plan",
@@ -28,6 +30,7 @@ __all__ = [
     "in_fast_lane",
     "phase",
     "plan",
+    "quick_hash",
     "quiet",
     "reconcile_due",
     "row_fingerprint",
@@ -107,6 +110,18 @@ def fingerprint(data: bytes, key: bytes = b"") -> bytes:
 @functools.lru_cache(maxsize=8)
 def _keyed(key: bytes) -> hashlib.blake2b:
     return hashlib.blake2b(digest_size=16, key=key)
+
+
+# Python hashes bytes with SipHash under a key drawn at random for each process, unless
+# PYTHONHASHSEED pins it; a pinned key may be known, and under a known key SipHash is easy to
+# collide with (a job's author could hide a change), so the quick check is then off.
+QUICK_HASH = os.environ.get("PYTHONHASHSEED", "random") == "random"
+
+
+def quick_hash(data: bytes) -> int:
+    """``hash(data)``, to recognise bytes seen before in this process; 0 (no check) when the
+    process's hash key is pinned. Not for anything kept beyond the process."""
+    return hash(data) if QUICK_HASH else 0
 
 
 def plan(

@@ -27,7 +27,7 @@ from bridge.errors import MalformedResponse
 from bridge.models import JsonDict
 from bridge.redact import Redactor
 from bridge.sink import Batch
-from bridge.sweep import fingerprint
+from bridge.sweep import fingerprint, quick_hash
 
 __all__ = [
     "Cycle",
@@ -40,6 +40,7 @@ __all__ = [
     "detail_view",
     "fingerprint",
     "pack",
+    "quick_hash",
     "restore",
     "utc",
 ]
@@ -96,6 +97,8 @@ class Tracked:
     observed_at: datetime
     known: sweep.Known
     answered: tuple[str, ...] = ()  # re-snapshot requests this job already answered
+    # hash() of the last body seen with ``fingerprint``, 0 until one is: see ``Cycle.same_body``
+    quick: int = 0
 
     @property
     def snapshot(self) -> bytes:
@@ -294,11 +297,27 @@ class Cycle:
             through = min(through, fresh.get(job_id, tracked.known.detail_at or 0.0))
         return max(through, self.project.watermark_at)
 
-    def unchanged(self, job_id: int, fp: bytes, observed: float) -> bool:
-        """The same bytes as last time: unchanged, and nothing was parsed to know it."""
+    def same_body(self, job_id: int, quick: int, observed: float) -> bool:
+        """The very body this process last saw with the job's fingerprint, by ``hash()``.
+
+        Python's bytes hash is SipHash under a key drawn at random for each process (unless
+        PYTHONHASHSEED pins it: ``QUICK_HASH`` is then off), 64 bits: a fifteenth of the
+        keyed BLAKE2b's cost on a detail body, so an unchanged job, most of every poll, skips
+        it. The BLAKE2b fingerprint stays what state records carry and restores compare.
+        """
+        tracked = self.project.jobs.get(job_id)
+        if tracked is None or not quick or tracked.quick != quick:
+            return False
+        tracked.touch(self.row_fps.get(job_id), observed)
+        return True
+
+    def unchanged(self, job_id: int, fp: bytes, observed: float, quick: int = 0) -> bool:
+        """The same bytes as last time: unchanged, and nothing was parsed to know it
+        (``quick``, the body's ``hash()``, is remembered for ``same_body``)."""
         tracked = self.project.jobs.get(job_id)
         if tracked is None or tracked.fingerprint != fp:
             return False
+        tracked.quick = quick
         tracked.touch(self.row_fps.get(job_id), observed)
         return True
 
@@ -323,6 +342,7 @@ class Cycle:
         if change is None:
             assert tracked is not None  # diff(None, doc) is always a change
             tracked.fingerprint = fp  # only ignored fields moved: remember the new bytes
+            tracked.quick = 0
             tracked.known.detail_fp = detail_fp
             tracked.touch(self.row_fps.get(job_id), observed)
             return

@@ -130,6 +130,22 @@ def test_fingerprint_is_16_bytes_and_tells_bodies_apart():
     assert fingerprint(b'{"a":1}') != fingerprint(b'{"a":2}')
 
 
+@pytest.mark.parametrize(
+    ("seed", "on"), [(None, True), ("random", True), ("0", False), ("7", False)]
+)
+def test_the_quick_hash_is_off_when_the_hash_key_is_pinned(seed, on):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    if seed is not None:
+        env["PYTHONHASHSEED"] = seed
+    code = "from bridge import sweep; print(sweep.QUICK_HASH, sweep.quick_hash(b'x') != 0)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [str(on), str(on)], out.stderr
+
+
 async def test_ticks_do_not_drift_when_work_is_slow():
     """A tick that overran is skipped, and the next lands on the original grid."""
     stop = asyncio.Event()
@@ -368,6 +384,40 @@ async def test_unchanged_detail_bodies_are_not_parsed(make_simulator, monkeypatc
             await until(lambda: eng.requests(sim, "detail", pid) >= 16, "more detail polls")
     assert parsed == 4
     assert calls["parse"] <= 4 + 1  # a body may change once (a job in a transitional walk)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_a_body_seen_before_is_not_even_fingerprinted(make_simulator, monkeypatch, quick):
+    """The keyed BLAKE2b runs once per new body; after that the body's hash() recognises it.
+    With the process's hash key pinned (PYTHONHASHSEED) every poll fingerprints again."""
+    from bridge import sweep
+    from bridge.tracking import fingerprint as real
+
+    calls = Counter[str]()
+
+    def counting(data: bytes, key: bytes = b"") -> bytes:
+        calls["fingerprint"] += 1
+        return real(data, key)
+
+    monkeypatch.setattr("bridge.scheduler.fingerprint", counting)
+    monkeypatch.setattr(sweep, "QUICK_HASH", quick)
+    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
+        pid = sim.project_ids[0]
+        _settle_transitional(sim, pid)
+        async with engine(url, [pid], mode="detail") as eng:
+            await until(lambda: len(eng.events()) >= 4, "discovered")
+            await until(lambda: eng.requests(sim, "detail", pid) >= 12, "two more polls each")
+            before = (calls["fingerprint"], eng.requests(sim, "detail", pid))
+            await until(lambda: eng.requests(sim, "detail", pid) >= before[1] + 12, "more polls")
+            job_id = max(sim.fleet.projects[pid].jobs)
+            sim.update_job(pid, job_id, desc="edited")
+            await until(lambda: "updated" in kinds(eng.of_job(pid, job_id)), "the edit")
+            after = (calls["fingerprint"], eng.requests(sim, "detail", pid))
+    polls, fingerprinted = after[1] - before[1], after[0] - before[0]
+    if quick:  # the edit's body, then its first poll after the commit (the state is new)
+        assert fingerprinted <= 2
+    else:
+        assert fingerprinted >= polls - 1
 
 
 # --- bad answers and failures -----------------------------------------------------------------
