@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "ApiCalls", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -27,19 +33,8 @@ class Metrics:
         self.polls = Counter(
             "dli_bridge_polls", "Poll cycles of a project", ["mode", "outcome"], registry=r
         )
-        self.api_requests = Counter(
-            "dli_bridge_api_requests",
-            "DLI calls as the engine saw them (after the client's own retries)",
-            ["endpoint", "outcome"],
-            registry=r,
-        )
-        self.api_seconds = Histogram(
-            "dli_bridge_api_request_seconds",
-            "Duration of DLI calls, retries included",
-            ["endpoint"],
-            buckets=_API_BUCKETS,
-            registry=r,
-        )
+        self.api_calls = ApiCalls()
+        r.register(self.api_calls)
         self.rate_limited = Counter(
             "dli_bridge_rate_limited", "Calls that ended throttled (429 / APIG.0308)", registry=r
         )
@@ -111,3 +106,58 @@ class Metrics:
 
     def __repr__(self) -> str:
         return f"<Metrics registry={id(self.registry):#x}>"
+
+
+@dataclass(slots=True)
+class _Durations:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_API_BUCKETS) + 1))
+    total_s: float = 0.0
+
+
+class ApiCalls(Collector):
+    """``dli_bridge_api_requests_total{endpoint,outcome}`` and the histogram
+    ``dli_bridge_api_request_seconds{endpoint}``, counted in plain Python and read at scrape.
+
+    Every detail call of every job lands here, so ``done`` is a dict update and a bisect;
+    prometheus_client's Counter and Histogram take a lock per update (three a call). Only the
+    event loop's thread may call ``done`` and render the registry (``/metrics`` is served
+    there), so nothing needs a lock.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, _Durations] = {}
+
+    def done(self, endpoint: str, outcome: str, seconds: float) -> None:
+        key = (endpoint, outcome)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        durations = self._durations.get(endpoint)
+        if durations is None:
+            durations = self._durations[endpoint] = _Durations()
+        durations.counts[bisect.bisect_left(_API_BUCKETS, seconds)] += 1  # le: first bound >= s
+        durations.total_s += seconds
+
+    def count(self, endpoint: str, outcome: str) -> int:
+        return self._counts.get((endpoint, outcome), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "dli_bridge_api_requests",
+            "DLI calls as the engine saw them (after the client's own retries)",
+            labels=["endpoint", "outcome"],
+        )
+        for (endpoint, outcome), n in sorted(self._counts.items()):
+            requests.add_metric([endpoint, outcome], n)
+        yield requests
+        seconds = HistogramMetricFamily(
+            "dli_bridge_api_request_seconds",
+            "Duration of DLI calls, retries included",
+            labels=["endpoint"],
+        )
+        for endpoint, durations in sorted(self._durations.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip([*map(str, _API_BUCKETS), "+Inf"], durations.counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            seconds.add_metric([endpoint], buckets, durations.total_s)
+        yield seconds

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import orjson
-from prometheus_client import Counter, Histogram
 
 from bridge import events, sweep
 from bridge.breaker import BreakerState
@@ -277,7 +276,7 @@ class Scheduler:
         # busy, few enough that a first sweep of every project does not hold every job's
         # rows and fresh snapshots in memory at the same time.
         self._observing = asyncio.Semaphore(config.max_in_flight)
-        self._api_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._api_calls = metrics.api_calls
         self._reconciled: dict[str, float] = {}  # project -> its last reconcile sweep (list mode)
         self._trimmer = Trimmer()  # after a first sweep or restore: freeze the state, trim the heap
         self._runners: dict[int, ShardRunner] = {}
@@ -931,16 +930,7 @@ class Scheduler:
     # --- bookkeeping -----------------------------------------------------------------------
 
     def _api_done(self, endpoint: str, outcome: str, started: float) -> None:
-        children = self._api_metrics.get((endpoint, outcome))
-        if children is None:  # labels() takes a lock and builds a key: once per pair
-            children = (
-                self.metrics.api_requests.labels(endpoint, outcome),
-                self.metrics.api_seconds.labels(endpoint),
-            )
-            self._api_metrics[endpoint, outcome] = children
-        requests, seconds = children
-        requests.inc()
-        seconds.observe(time.perf_counter() - started)
+        self._api_calls.done(endpoint, outcome, time.perf_counter() - started)
         if outcome == "rate_limited":
             self.metrics.rate_limited.inc()
 
