@@ -159,6 +159,20 @@ def test_the_detail_verdict_prefers_the_loops_measured_beside_the_bridge():
     assert {t.name: t for t in targets(rows, [])}[name].met is False
 
 
+def test_three_instances_are_judged_against_the_one_measured_beside_them():
+    split = [0.33, 0.33, 0.34]
+    rows = [
+        Row("bridge list", 1000, 200.0, 20.0, 0.004),  # before a burst grew the fleet
+        Row("bridge list x1", 1000, 200.0, 30.0, 0.006),
+        Row("bridge list x3", 1000, 200.0, 32.0, 0.0064, instances=3, poll_split=split),
+    ]
+    name = "3 instances: each 33 % ± 10 % of polls, CPU/poll summed ≤ 1.1 x one instance"
+    found = {t.name: t for t in targets(rows, [])}[name]
+    assert (found.met, found.figure) == (True, "split 33%, 33%, 34%; CPU/poll 1.07 x one")
+    older = [rows[0], rows[2]]  # a run without the x1 row: the list row it is
+    assert {t.name: t for t in targets(older, [])}[name].met is False
+
+
 def test_targets_read_the_sweep_for_scale_figures():
     def point(jobs: int, cores: float, mode: str = "list") -> SweepPoint:
         return SweepPoint(jobs, jobs // 200, mode, 30.0, cores, 100.0, 1.5, 0.12, jobs / 30)

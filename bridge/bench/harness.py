@@ -567,20 +567,23 @@ async def _scale_out(
         report.notes.append(note)
         say(note)
         return
-    say(f"measuring {config.instances} bridge instances in list mode…")
-    plan = RowPlan(
-        "list",
-        fleet.project_ids,
-        config.interval_s,
-        config.jitter,
-        config.duration_s,
-        instances=config.instances,
-    )
-    name = f"bridge list x{config.instances}"
-    rows = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
-    if rows is not None:
-        report.rows += rows
-        report.save()
+    # One instance, then N, back to back and without a burst between them: the same fleet
+    # (the rows before burst it, and its creations and deletions move the page count)
+    for instances in (1, config.instances):
+        say(f"measuring {instances} bridge instance{'s' * (instances > 1)} in list mode…")
+        plan = RowPlan(
+            "list",
+            fleet.project_ids,
+            config.interval_s,
+            config.jitter,
+            config.duration_s,
+            instances=instances,
+        )
+        name = f"bridge list x{instances}"
+        rows = await report.guard(name, bridge_row(config, fleet, plan, baseline, name), say)
+        if rows is not None:
+            report.rows += rows
+            report.save()
 
 
 def scale_out_supported() -> bool:

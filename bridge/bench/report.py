@@ -312,7 +312,8 @@ def _linear_target(points: Sequence[SweepPoint]) -> Target:
 def _scale_out_target(rows: Sequence[Row]) -> Target:
     name = "3 instances: each 33 % ± 10 % of polls, CPU/poll summed ≤ 1.1 x one instance"
     many = next((r for r in rows if r.instances == 3), None)
-    one = _find(rows, "bridge list")
+    # the one instance measured just before them, on the same fleet (older runs: the list row)
+    one = _find(rows, "bridge list x1") or _find(rows, "bridge list")
     if many is None or one is None:
         return Target(name, "not run (needs --instances 3 and consumer-group membership)", None)
     even = all(abs(share - 1 / 3) <= 0.10 for share in many.poll_split)
