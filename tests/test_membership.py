@@ -361,20 +361,25 @@ async def test_missing_state_topic_is_a_config_error_and_stays_missing(
         await admin.close()
 
 
-async def test_rebalance_timeout_must_exceed_drain():
+def offline_member(**kw: Any) -> Membership:
+    """A member never started: what its constructor checks and derives."""
+
     async def noop(*_: object) -> None:
         return None
 
+    return Membership(
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        state_topic="t",
+        on_assigned=noop,
+        on_revoked=noop,
+        **kw,
+    )
+
+
+async def test_rebalance_timeout_must_exceed_drain():
     with pytest.raises(ConfigError, match="rebalance_timeout_ms"):
-        Membership(
-            bootstrap_servers="127.0.0.1:1",
-            group_id="g",
-            state_topic="t",
-            on_assigned=noop,
-            on_revoked=noop,
-            rebalance_timeout_ms=10000,
-            drain_s=10.0,
-        )
+        offline_member(rebalance_timeout_ms=10000, drain_s=10.0)
 
 
 @pytest.mark.parametrize(
@@ -388,37 +393,14 @@ async def test_rebalance_timeout_must_exceed_drain():
     ],
 )
 def test_heartbeat_is_a_third_of_the_session_at_most_kafkas_default(session_ms, given, used):
-    async def noop(*_: object) -> None:
-        return None
-
-    member = Membership(
-        bootstrap_servers="127.0.0.1:1",
-        group_id="g",
-        state_topic="t",
-        on_assigned=noop,
-        on_revoked=noop,
-        session_timeout_ms=session_ms,
-        heartbeat_interval_ms=given,
-        rebalance_timeout_ms=30000,
-    )
+    member = offline_member(session_timeout_ms=session_ms, heartbeat_interval_ms=given)
     assert member._consumer_options["heartbeat_interval_ms"] == used
     assert member._consumer_options["session_timeout_ms"] == session_ms
 
 
 def test_heartbeat_must_be_below_the_session():
-    async def noop(*_: object) -> None:
-        return None
-
     with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
-        Membership(
-            bootstrap_servers="127.0.0.1:1",
-            group_id="g",
-            state_topic="t",
-            on_assigned=noop,
-            on_revoked=noop,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=6000,
-        )
+        offline_member(session_timeout_ms=6000, heartbeat_interval_ms=6000)
 
 
 # --- members in child processes: SIGKILL and SIGSTOP
