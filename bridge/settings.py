@@ -332,17 +332,20 @@ class KafkaSettings(BaseModel):
     topics: TopicsSettings = TopicsSettings()
 
     @model_validator(mode="after")
-    def _security_consistent(self) -> Self:
-        problems = list(_security_problems(self))
-        heartbeat = self.heartbeat_interval_ms
-        if heartbeat is not None and heartbeat >= self.session_timeout_ms:
-            problems.append(
-                f"heartbeat_interval_ms ({heartbeat}) must be below session_timeout_ms "
-                f"({self.session_timeout_ms})"
-            )
+    def _consistent(self) -> Self:
+        problems = [*_security_problems(self), *_group_problems(self)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _group_problems(kafka: KafkaSettings) -> Iterator[str]:
+    heartbeat = kafka.heartbeat_interval_ms
+    if heartbeat is not None and heartbeat >= kafka.session_timeout_ms:
+        yield (
+            f"heartbeat_interval_ms ({heartbeat}) must be below session_timeout_ms "
+            f"({kafka.session_timeout_ms})"
+        )
 
 
 def _security_problems(kafka: KafkaSettings) -> Iterator[str]:
