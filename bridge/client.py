@@ -289,7 +289,7 @@ class DliClient:
         """
         query = _list_query(False, {}) | {"offset": "0", "limit": "1"}
         _, total = await self._row_doc(project_id, query)
-        return total if self._counts_all else None
+        return total
 
     async def _pages(
         self,
@@ -303,7 +303,7 @@ class DliClient:
         while scan.offset is not None:
             query |= {"offset": str(scan.offset), "limit": str(scan.limit)}
             rows, total = await read(project_id, query)
-            fresh = scan.take_by(rows, key, total if self._counts_all else None)
+            fresh = scan.take_by(rows, key, total)
             if fresh:
                 yield fresh
         if scan.step_backs:
@@ -325,7 +325,7 @@ class DliClient:
     async def _list_page(
         self, project_id: str, query: dict[str, str]
     ) -> tuple[list[Fetched[JobListItem]], int | None]:
-        """A list page's validated rows and its ``total_count``."""
+        """A list page's validated rows and its ``total_count`` (see ``_total``)."""
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         body = validate(JobListResponse, doc, answer, call)
@@ -335,7 +335,8 @@ class DliClient:
     async def _row_doc(
         self, project_id: str, query: dict[str, str]
     ) -> tuple[list[EngineRow], int | None]:
-        """A list page's rows, checked as ``iter_rows`` says, and its ``total_count``."""
+        """A list page's rows, checked as ``iter_rows`` says, and its ``total_count`` (see
+        ``_total``)."""
         call = Call("GET", self._jobs_url(project_id).with_query(query), project_id)
         doc, answer = await self._get_json(call)
         rows = _lean_rows(doc)
@@ -345,15 +346,16 @@ class DliClient:
         return rows, self._total(doc, len(rows))
 
     def _total(self, doc: dict[str, Any], rows: int) -> int | None:
-        """A checked page's ``total_count`` (None when absent or not an integer); a count
-        above the page's rows proves it counts every match, here and from now on."""
+        """A checked page's ``total_count`` as the count of every match, or None: absent, not
+        an integer, or not yet proven to count every match. A count above the page's rows
+        proves it, here and from now on."""
         total = doc["job_list"].get("total_count")  # a checked page has its job_list object
         if type(total) is not int:
             return None
         if total > rows and not self._counts_all:
             self._counts_all = True
             log.debug("%s: total_count counts every match, not the page", self._dli_base)
-        return total
+        return total if self._counts_all else None
 
     async def _get_json(self, call: Call) -> tuple[dict[str, Any], Answer]:
         answer = await self._send(call)
