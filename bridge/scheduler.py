@@ -1,9 +1,10 @@
-"""Per-shard, per-project poll loops: tick → sweep → bounded fetch → diff → one sink write.
+"""Per-shard, per-project poll loops: tick → sweep → bounded fetch → diff → sink writes.
 
 Each owned shard opens its writer and restores its state; then every project of the shard
 gets its own loop, so one throttled, slow or broken project never holds up another. What a
-cycle saw is written in one batch (a Kafka transaction with the exactly-once sink) under the
-shard's lock; the in-memory state moves only after that write returns. A sink failure closes
+cycle saw is written in batches (each a Kafka transaction with the exactly-once sink) under
+the shard's lock, as its detail calls find it and, last, with the cycle's watermark; the
+in-memory state moves only after each write returns. A sink failure closes
 and reopens the shard (its restored state is the truth about what committed) while its
 projects pause, and the next cycle derives the same events with the same ids again.
 """
@@ -50,13 +51,14 @@ from bridge.memory import Trimmer
 from bridge.metrics import Metrics
 from bridge.models import JsonDict
 from bridge.redact import RedactionSettings, Redactor, startup_warnings, with_derived_key
-from bridge.settings import AuthSettings, Settings
+from bridge.settings import DEFAULT_FLUSH_AFTER_S, AuthSettings, Settings
 from bridge.shard import Held, OnFenced, ShardRunner, ShardStatus, wait_stop
 from bridge.sharding import shard_of
 from bridge.signals import SnapshotRequest
 from bridge.sink import Sink, StillOurs
 from bridge.tracking import (
     Cycle,
+    DeadKey,
     ProjectState,
     Seen,
     Tracked,
@@ -109,6 +111,7 @@ class PollConfig:
     delete_after_misses: int = 1
     ignore: tuple[str, ...] = ("duration",)
     jitter_s: float = 1.0
+    flush_after_s: float = DEFAULT_FLUSH_AFTER_S
     max_in_flight: int = 32
     per_project_in_flight: int = 8
     partitions: int = 12
@@ -132,6 +135,7 @@ class PollConfig:
             delete_after_misses=polling.delete_after_misses,
             ignore=ignore,
             jitter_s=polling.jitter_s,
+            flush_after_s=polling.flush_after_s,
             max_in_flight=api.max_in_flight,
             # A project may hold at most a quarter of the pool (and no more than its bucket's
             # burst): a project stuck behind Retry-After cannot starve the others.
@@ -458,7 +462,7 @@ class Scheduler:
 
     async def _cycle(self, runner: ShardRunner, cycle: Cycle, *, full: bool) -> str:
         async with self._observing:  # until committed: what a cycle holds is bounded
-            answered = await self._observe(cycle, full=full)
+            answered = await self._observe(runner, cycle, full=full)
             through = cycle.observed_through() if full else None
             committed = await self._commit(runner, cycle, through)
         if full:
@@ -476,7 +480,9 @@ class Scheduler:
             cycle.project.note_sweep(cycle.rows)
         return "incomplete" if full and cycle.present is None else "ok"
 
-    async def _observe(self, cycle: Cycle, *, full: bool) -> list[SnapshotRequest]:
+    async def _observe(
+        self, runner: ShardRunner, cycle: Cycle, *, full: bool
+    ) -> list[SnapshotRequest]:
         """Sweep, decide, fetch and judge; the re-snapshot requests this cycle answers."""
         if full:
             cycle.started = self._clock()
@@ -494,9 +500,9 @@ class Scheduler:
             fetch += sorted(set(self._targets(cycle, requests)) - set(fetch))
         if cycle.rows is not None and self.config.mode == "sweep":
             self._judge_rows(cycle)
-        await self._fetch_all(cycle, fetch, confirm)
+        await self._fetch_all(runner, cycle, fetch, confirm)
         if cycle.counted and (cycle.failed or cycle.doubted):
-            await self._list_instead(cycle)
+            await self._list_instead(runner, cycle)
         return self._answer(cycle, requests) if full else []
 
     # --- sweep and decisions ---------------------------------------------------------------
@@ -545,7 +551,7 @@ class Scheduler:
         self._swept(cycle)
         return True
 
-    async def _list_instead(self, cycle: Cycle) -> None:
+    async def _list_instead(self, runner: ShardRunner, cycle: Cycle) -> None:
         """A counted cycle some detail call put in doubt (no such job, refused, no answer): the
         list is read after all, and the jobs it shows that we did not know are fetched."""
         cycle.counted = False
@@ -554,7 +560,7 @@ class Scheduler:
             return
         fetch, confirm = self._decide(cycle, full=True)
         fresh = [j for j in fetch if j not in cycle.project.jobs or j in confirm]
-        await self._fetch_all(cycle, fresh, confirm)
+        await self._fetch_all(runner, cycle, fresh, confirm)
 
     def _sweep_failed(self, cycle: Cycle, exc: ApiError, started: float) -> None:
         self._api_done("list", _api_outcome(exc), started)
@@ -707,9 +713,14 @@ class Scheduler:
             cycle.judge(job_id, raw, fp, observed)
 
     async def _fetch_all(
-        self, cycle: Cycle, job_ids: Sequence[int], confirm: frozenset[int]
+        self,
+        runner: ShardRunner,
+        cycle: Cycle,
+        job_ids: Sequence[int],
+        confirm: frozenset[int],
     ) -> None:
-        """Detail calls through the shared pool, at most a project's share at once."""
+        """Detail calls through the shared pool, at most a project's share at once; what they
+        find is written as it comes due (``_write_due``), not only when the last returns."""
         if not job_ids:
             return
         pending = iter(job_ids)
@@ -718,6 +729,7 @@ class Scheduler:
             for job_id in pending:
                 async with self._pool:
                     await self._fetch_one(cycle, job_id, job_id in confirm)
+                await self._write_due(runner, cycle)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.config.per_project_in_flight, len(job_ids))):
@@ -765,8 +777,32 @@ class Scheduler:
 
     # --- commit ----------------------------------------------------------------------------
 
+    async def _write_due(self, runner: ShardRunner, cycle: Cycle) -> None:
+        """Mid-cycle: write the changes found so far once the oldest has waited
+        ``flush_after_s`` for the cycle's other calls, or a full batch has gathered.
+
+        A big project's cycle takes as long as its detail calls (2,000 jobs at 20 calls a
+        second: 100 s); a change found in its first second must not wait for the last. One
+        such write at a time per cycle: what is found meanwhile goes in the next. Each write
+        is a batch like the cycle's last (its own transaction under exactly-once) without
+        the watermark, which stays in the last.
+        """
+        if cycle.writing or cycle.write_failed:
+            return
+        cycle.writing = True
+        try:
+            while piece := cycle.seen[cycle.written : cycle.written + MAX_BATCH_JOBS]:
+                waited = self._clock() - piece[0].observed_at
+                if len(piece) < MAX_BATCH_JOBS and waited < self.config.flush_after_s:
+                    return
+                if not await self._write(runner, cycle, piece, [], {}):
+                    return
+        finally:
+            cycle.writing = False
+
     async def _commit(self, runner: ShardRunner, cycle: Cycle, through: float | None) -> bool:
-        """Write what the cycle saw, batch by batch; state moves after each write returns.
+        """Write the rest of what the cycle saw, batch by batch; state moves after each
+        write returns. False when any write of the cycle failed (none is tried after it).
 
         The watermark (``through``) rides in the last batch: a reader that sees it has seen
         every event of the cycle (one transaction under exactly-once). A quiet cycle (nothing
@@ -777,45 +813,64 @@ class Scheduler:
         quiet cycle, and projects sharing a shard share its transactions while they are quiet
         (about one per shard per interval).
         """
-        pid = cycle.project.project_id
+        if cycle.write_failed:
+            return False
         dead = list(cycle.dead.items())
-        for seen in cycle.seen:  # requested snapshots are always published
-            kind = seen.change.kind
-            seen.publish = kind is ChangeKind.SNAPSHOT or self._filter.publishes(kind)
-        quiet = not cycle.seen and not dead
+        rest = cycle.seen[cycle.written :]
+        quiet = not rest and not dead
         if through is not None and quiet and self._may_wait(runner, cycle.project):
-            runner.marks[pid] = (self._mark(cycle, through), through)
+            runner.marks[cycle.project.project_id] = (self._mark(cycle, through), through)
             return True
-        pieces = list(chunks(cycle.seen, MAX_BATCH_JOBS))
+        pieces = list(chunks(rest, MAX_BATCH_JOBS))
         if not pieces and (dead or through is not None):
             pieces = [()]
         for index, piece in enumerate(pieces):
-            records = batch(
-                cycle.project,
-                piece,
-                [record for _, record in dead],
-                options=self.config.event_options,
-                generation=runner.stamp,
-            )
             carried = self._take_marks(runner, cycle, through) if index == len(pieces) - 1 else {}
-            if carried:
-                marks = [record for record, _ in carried.values()]
-                records = dataclasses.replace(records, watermarks=marks)
-            if not await runner.write(cycle.epoch, records):
-                self.metrics.transactions.labels("failed").inc()
-                carried.pop(pid, None)
-                if runner.epoch == cycle.epoch:  # still true: the next write carries them
-                    runner.marks = carried | runner.marks
+            if not await self._write(runner, cycle, piece, dead, carried):
                 return False
-            self.metrics.transactions.labels("committed").inc()
-            runner.has_written = True
-            self._trimmer.after_write(len(piece))
-            cycle.project.commit(piece, [key for key, _ in dead])
-            self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
             dead = []
-            for project_id, (_, marked) in carried.items():
-                if project_id != pid:  # the cycle's own: _note_watermark, after the commit
-                    self._advance_watermark(runner.projects[project_id], marked)
+        return True
+
+    async def _write(
+        self,
+        runner: ShardRunner,
+        cycle: Cycle,
+        piece: Sequence[Seen],
+        dead: Sequence[tuple[DeadKey, events.OutRecord]],
+        carried: dict[str, tuple[events.OutRecord, float]],
+    ) -> bool:
+        """One batch: ``piece`` (the next of ``cycle.seen`` not written), dead letters and
+        the watermarks ``carried``; the cycle's state moves when the write returns."""
+        pid = cycle.project.project_id
+        for seen in piece:  # requested snapshots are always published
+            kind = seen.change.kind
+            seen.publish = kind is ChangeKind.SNAPSHOT or self._filter.publishes(kind)
+        records = batch(
+            cycle.project,
+            piece,
+            [record for _, record in dead],
+            options=self.config.event_options,
+            generation=runner.stamp,
+        )
+        if carried:
+            marks = [record for record, _ in carried.values()]
+            records = dataclasses.replace(records, watermarks=marks)
+        if not await runner.write(cycle.epoch, records):
+            self.metrics.transactions.labels("failed").inc()
+            cycle.write_failed = True
+            carried.pop(pid, None)
+            if runner.epoch == cycle.epoch:  # still true: the next write carries them
+                runner.marks = carried | runner.marks
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        runner.has_written = True
+        self._trimmer.after_write(len(piece))
+        cycle.project.commit(piece, [key for key, _ in dead])
+        cycle.written += len(piece)
+        self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
+        for project_id, (_, marked) in carried.items():
+            if project_id != pid:  # the cycle's own: _note_watermark, after the commit
+                self._advance_watermark(runner.projects[project_id], marked)
         return True
 
     def _take_marks(

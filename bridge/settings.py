@@ -81,6 +81,7 @@ DEFAULT_RECONCILE_INTERVAL_S = 600.0
 DEFAULT_DELETE_AFTER_MISSES = 1
 DEFAULT_IGNORE_FIELDS: Final = ("duration",)  # = diff.DEFAULT_IGNORE; settings stay import-light
 DEFAULT_JITTER_S = 1.0
+DEFAULT_FLUSH_AFTER_S = 0.05  # a found change waits at most this long for its cycle (plus a write)
 DEFAULT_DRAIN_S = 10.0
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
@@ -276,6 +277,8 @@ class PollingSettings(BaseModel):
     delete_after_misses: Count = Field(DEFAULT_DELETE_AFTER_MISSES, ge=1)
     ignore_fields: list[str] = list(DEFAULT_IGNORE_FIELDS)
     jitter_s: Number = Field(DEFAULT_JITTER_S, ge=0)
+    # a change found mid-cycle waits at most this long for the cycle's other detail calls
+    flush_after_s: Number = Field(DEFAULT_FLUSH_AFTER_S, ge=0)
     drain_s: Number = Field(DEFAULT_DRAIN_S, ge=0)
 
 

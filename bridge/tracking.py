@@ -267,6 +267,9 @@ class Cycle:
     failed: int = 0  # detail calls that did not answer (throttled, 5xx, breaker, auth)
     counted: bool = False  # detail mode: the job count stood in for the list (see `present`)
     doubted: int = 0  # detail calls that did not show their job exists ("no such job", refused)
+    written: int = 0  # the first ``written`` of ``seen`` are written and committed to state
+    writing: bool = False  # a write of some of ``seen`` is under way (one at a time)
+    write_failed: bool = False  # one did not return: nothing more of the cycle is written
 
     @property
     def present(self) -> Mapping[int, object] | None:

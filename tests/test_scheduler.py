@@ -420,6 +420,128 @@ async def test_a_body_seen_before_is_not_even_fingerprinted(make_simulator, monk
         assert fingerprinted >= polls - 1
 
 
+# --- writes within a cycle --------------------------------------------------------------------
+
+
+class HoldLast:
+    """Between the scheduler and the client: once ``first``'s detail call has shown ``mark``,
+    the call for ``last`` waits for ``release``, so its cycle cannot end."""
+
+    def __init__(self, client: DliClient, first: int, last: int, mark: bytes) -> None:
+        self._client, self.first, self.last, self.mark = client, first, last, mark
+        self.armed = asyncio.Event()
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get_job_body(self, project_id: str, job_id: int) -> bytes:
+        if job_id == self.last and self.armed.is_set() and not self.release.is_set():
+            self.held.set()
+            await self.release.wait()
+        body: bytes = await self._client.get_job_body(project_id, job_id)
+        if job_id == self.first and self.mark in body:
+            self.armed.set()
+        return body
+
+
+@asynccontextmanager
+async def held_cycle(
+    make_simulator: Any, mark: str, sink: MemorySink | None = None
+) -> AsyncIterator[tuple[Simulator, str, Engine, HoldLast, int]]:
+    """Detail mode, one call at a time in job order: the cycle that finds ``first`` edited
+    (desc ``mark``) then waits on its last job's call until the test releases it."""
+    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
+        pid = sim.project_ids[0]
+        first, *_, last = sorted(sim.fleet.projects[pid].jobs)
+        holds: list[HoldLast] = []
+
+        def wrap(client: DliClient) -> HoldLast:
+            holds.append(HoldLast(client, first, last, mark.encode()))
+            return holds[0]
+
+        async with engine(
+            url,
+            [pid],
+            sink=sink,
+            wrap=wrap,
+            mode="detail",
+            flush_after_s=0.0,
+            per_project_in_flight=1,  # one call at a time: first is asked before last
+        ) as eng:
+            try:
+                await until(lambda: len(eng.events()) >= 4, "discovered")
+                yield sim, pid, eng, holds[0], first
+            finally:
+                holds[0].release.set()
+
+
+async def test_a_change_is_written_while_its_cycle_still_waits_for_other_jobs(make_simulator):
+    """A big project's cycle lasts as long as its detail calls: what an early call found is
+    written without waiting for the last one, and the watermark still waits for the last."""
+    mark = "edited while the cycle waits"
+    async with held_cycle(make_simulator, mark) as (sim, pid, eng, hold, first):
+        sim.update_job(pid, first, desc=mark)
+        await until(hold.held.is_set, "the cycle that found it waits on its last job")
+        marks = len(_watermarks(eng, pid))  # the earlier cycles' (only this cycle writes now)
+        await until(lambda: len(eng.of_job(pid, first)) >= 2, "the edit, mid-cycle", 3.0)
+        held_marks = len(_watermarks(eng, pid))
+        hold.release.set()
+        await until(lambda: len(_watermarks(eng, pid)) > held_marks, "the cycle's watermark")
+        await asyncio.sleep(0.5)  # more cycles: nothing is written twice
+        events = eng.of_job(pid, first)
+    assert held_marks == marks  # the watermark is the cycle's last write
+    assert kinds(events) == ["discovered", "updated"]
+    assert [e["data"]["sequence"] for e in events] == [1, 2]
+
+
+async def test_a_failed_write_mid_cycle_loses_nothing_and_claims_nothing(make_simulator):
+    """The write of an early change fails while the cycle still waits on its last call: the
+    cycle writes no watermark, and after recovery the change is written once."""
+    import time
+    from datetime import datetime
+
+    mark = "edited before the sink broke"
+    sink = MemorySink(partitions=PARTITIONS)
+    real_write = sink._write
+    writes: list[Any] = []  # the batches that were written, in order
+    breaking: list[bool] = []
+
+    async def write(shard: int, epoch: int, batch: Any) -> None:
+        if batch.events and breaking and not breaking[0]:
+            breaking[0] = True
+            raise SinkUnavailable("broker gone mid-cycle")
+        await real_write(shard, epoch, batch)
+        writes.append(batch)
+
+    sink._write = write  # type: ignore[method-assign]
+    async with held_cycle(make_simulator, mark, sink) as (sim, pid, eng, hold, first):
+        edited_at = time.time()
+        breaking.append(False)
+        sim.update_job(pid, first, desc=mark)
+        await until(hold.held.is_set, "the cycle that found it waits on its last job")
+        await until(lambda: breaking[0], "the mid-cycle write, failed")
+        hold.release.set()
+        await until(lambda: len(eng.of_job(pid, first)) >= 2, "the edit, after recovery")
+        await asyncio.sleep(0.5)
+        events = eng.of_job(pid, first)
+    assert kinds(events) == ["discovered", "updated"]
+    assert [e["data"]["sequence"] for e in events] == [1, 2]
+    edit = next(i for i, b in enumerate(writes) if _updates(b, first))
+    claimed = [
+        datetime.fromisoformat(orjson.loads(r.value)["observed_through"]).timestamp()
+        for b in writes[:edit]
+        for r in b.watermarks
+    ]
+    assert all(t < edited_at for t in claimed)  # no watermark vouched for it before it was written
+
+
+def _updates(batch: Any, job_id: int) -> bool:
+    found = (orjson.loads(r.value)["data"] for r in batch.events if r.value is not None)
+    return any(d["job_id"] == job_id and d["kind"] == "updated" for d in found)
+
+
 # --- bad answers and failures -----------------------------------------------------------------
 
 
