@@ -81,7 +81,7 @@ DEFAULT_RECONCILE_INTERVAL_S = 600.0
 DEFAULT_DELETE_AFTER_MISSES = 1
 DEFAULT_IGNORE_FIELDS: Final = ("duration",)  # = diff.DEFAULT_IGNORE; settings stay import-light
 DEFAULT_JITTER_S = 1.0
-DEFAULT_FLUSH_AFTER_S = 0.05  # a found change waits at most this long for its cycle (plus a write)
+DEFAULT_FLUSH_AFTER_S = 0.1  # a found change waits at most this long for its cycle (plus a write)
 DEFAULT_DRAIN_S = 10.0
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
