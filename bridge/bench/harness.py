@@ -559,14 +559,6 @@ async def _main_rows(config: BenchConfig, bootstrap: str, report: Report, say: S
 async def _scale_out(
     config: BenchConfig, fleet: Fleet, baseline: int, report: Report, say: Say
 ) -> None:
-    if not scale_out_supported():
-        note = (
-            f"--instances {config.instances} not run: `dli-bridge run` has no consumer-group "
-            "membership yet, so N instances would each poll every shard"
-        )
-        report.notes.append(note)
-        say(note)
-        return
     # One instance, then N, back to back and without a burst between them: the same fleet
     # (the rows before burst it, and its creations and deletions move the page count)
     for instances in (1, config.instances):
@@ -584,15 +576,6 @@ async def _scale_out(
         if rows is not None:
             report.rows += rows
             report.save()
-
-
-def scale_out_supported() -> bool:
-    """Whether `dli-bridge run` joins the shard consumer group (the scale-out issue)."""
-    import inspect
-
-    from bridge import app
-
-    return "membership" in inspect.getsource(app).lower().split("def run", 1)[0]
 
 
 async def _baseline_rss(config: BenchConfig, fleet: Fleet) -> int:

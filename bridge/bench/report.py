@@ -315,7 +315,7 @@ def _scale_out_target(rows: Sequence[Row]) -> Target:
     # the one instance measured just before them, on the same fleet (older runs: the list row)
     one = _find(rows, "bridge list x1") or _find(rows, "bridge list")
     if many is None or one is None:
-        return Target(name, "not run (needs --instances 3 and consumer-group membership)", None)
+        return Target(name, "not run (needs --instances 3)", None)
     even = all(abs(share - 1 / 3) <= 0.10 for share in many.poll_split)
     ratio = many.cpu_us_per_poll / one.cpu_us_per_poll
     split = ", ".join(f"{s:.0%}" for s in many.poll_split)
