@@ -729,7 +729,8 @@ class Scheduler:
             for job_id in pending:
                 async with self._pool:
                     await self._fetch_one(cycle, job_id, job_id in confirm)
-                await self._write_due(runner, cycle)
+                if cycle.written < len(cycle.seen):  # (most calls find nothing new)
+                    await self._write_due(runner, cycle)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.config.per_project_in_flight, len(job_ids))):

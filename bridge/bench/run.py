@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -174,6 +175,8 @@ class BridgeSpec:
     max_in_flight: int = 32
     transitional_interval_s: float = 5.0
     reconcile_interval_s: float = 600.0
+    project_rate_per_s: float = 1e6  # far above what the simulator needs (see bridge_toml)
+    flush_after_s: float | None = None  # None: the bridge's default
 
     def topic(self, kind: str) -> str:
         return f"bench.{self.name}.{kind}"
@@ -181,6 +184,11 @@ class BridgeSpec:
 
 def _toml_value(value: object) -> str:
     return orjson.dumps(value).decode()  # JSON strings, numbers and arrays are TOML too
+
+
+def _burst(rate_per_s: float) -> int:
+    """A project's token-bucket burst: a tenth of a second's calls, unlimited when unpaced."""
+    return 10**6 if rate_per_s >= 1e6 else max(1, math.ceil(rate_per_s / 10))
 
 
 def bridge_toml(spec: BridgeSpec) -> str:
@@ -196,8 +204,8 @@ def bridge_toml(spec: BridgeSpec) -> str:
             "iam_endpoint": spec.endpoint,
             "region": "sim-1",
             "max_in_flight": spec.max_in_flight,
-            "project_rate_per_s": 1e6,
-            "project_burst": 10**6,
+            "project_rate_per_s": spec.project_rate_per_s,
+            "project_burst": _burst(spec.project_rate_per_s),
             "credential_rate_per_s": 1e6,
             "credential_burst": 10**6,
         },
@@ -210,7 +218,8 @@ def bridge_toml(spec: BridgeSpec) -> str:
             "reconcile_interval_s": spec.reconcile_interval_s,
             "jitter_s": spec.jitter_s,
             "drain_s": 5.0,
-        },
+        }
+        | ({} if spec.flush_after_s is None else {"flush_after_s": spec.flush_after_s}),
         "kafka": {
             "bootstrap_servers": spec.bootstrap_servers,
             "transactional_id_prefix": f"bench-{spec.name}",
