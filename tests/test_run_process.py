@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -61,9 +62,21 @@ async def wait_ready(port: int, process: asyncio.subprocess.Process) -> None:
         await eventually(ready, timeout_s=30, what="/readyz 200")
 
 
+# "long cycles": detail mode paced at 20 calls a second, one at a time (a cycle of 5 jobs
+# takes about 0.3 s) and flush_after_s 0: every change found before a cycle's last call is
+# written mid-cycle, in a transaction of its own, so the SIGKILL lands among such writes.
+LONG_CYCLES: dict[str, dict[str, Any]] = {
+    "polling": {"mode": "detail", "flush_after_s": 0.0},
+    "api": {"project_rate_per_s": 20.0, "project_burst": 1},
+}
+
+
+@pytest.mark.parametrize("variant", ["list", "long cycles"])
 async def test_sigkill_then_restart_neither_loses_nor_duplicates(
-    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port
+    make_simulator, kafka_bootstrap, request, tmp_path, unused_tcp_port, variant
 ):
+    extra: dict[str, dict[str, Any]] = LONG_CYCLES if variant == "long cycles" else {}
+    polling = {"interval_s": INTERVAL_S, **extra.get("polling", {})}
     name = unique_name(request, "proc")
     port = unused_tcp_port
     log = tmp_path / "bridge.log"
@@ -75,7 +88,7 @@ async def test_sigkill_then_restart_neither_loses_nor_duplicates(
             projects=sim.project_ids,
             name=name,
             port=port,
-            polling={"interval_s": INTERVAL_S},
+            **(extra | {"polling": polling}),
             kafka={"partitions": PARTITIONS},
         )
         initial = len(sim.fleet)
