@@ -3,9 +3,9 @@
 Each owned shard opens its writer and restores its state; then every project of the shard
 gets its own loop, so one throttled, slow or broken project never holds up another. What a
 cycle saw is written in batches (each a Kafka transaction with the exactly-once sink) under
-the shard's lock, as its detail calls find it and, last, with the cycle's watermark; the
-in-memory state moves only after each write returns. A sink failure closes
-and reopens the shard (its restored state is the truth about what committed) while its
+the shard's lock, as its detail calls find it and, last, with the cycle's watermark
+(``bridge.writes``); the in-memory state moves only after each write returns. A sink failure
+closes and reopens the shard (its restored state is the truth about what committed) while its
 projects pause, and the next cycle derives the same events with the same ids again.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -58,28 +57,21 @@ from bridge.signals import SnapshotRequest
 from bridge.sink import Sink, StillOurs
 from bridge.tracking import (
     Cycle,
-    DeadKey,
     ProjectState,
     Seen,
     Tracked,
-    batch,
-    chunks,
     detail_fingerprint,
     detail_view,
     fingerprint,
     quick_hash,
-    utc,
 )
+from bridge.writes import CycleWriter
 
 __all__ = ["JobApi", "PollConfig", "Scheduler", "phase_of", "ticks"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["detail", "list", "sweep"]
-
-# A cycle's changes go out in batches of at most this many jobs: a first sweep of a big
-# project must not become one giant transaction.
-MAX_BATCH_JOBS = 500
 
 # Sweep mode never compares what a `show_detail=true` row lacks, so a snapshot taken from a
 # detail call (a delete check, or state written in another mode) does not read as an update.
@@ -283,6 +275,15 @@ class Scheduler:
         self._api_calls = metrics.api_calls
         self._reconciled: dict[str, float] = {}  # project -> its last reconcile sweep (list mode)
         self._trimmer = Trimmer()  # after a first sweep or restore: freeze the state, trim the heap
+        self._writes = CycleWriter(
+            mode=config.mode,
+            flush_after_s=config.flush_after_s,
+            event_options=config.event_options,
+            job_filter=self._filter,
+            metrics=metrics,
+            trimmer=self._trimmer,
+            clock=clock,
+        )
         self._runners: dict[int, ShardRunner] = {}
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -464,13 +465,13 @@ class Scheduler:
         async with self._observing:  # until committed: what a cycle holds is bounded
             answered = await self._observe(runner, cycle, full=full)
             through = cycle.observed_through() if full else None
-            committed = await self._commit(runner, cycle, through)
+            committed = await self._writes.commit(runner, cycle, through)
         if full:
             pid = cycle.project.project_id
             if through is None or not committed:
                 runner.marks.pop(pid, None)  # stalled: no later write may say it advanced
             waiting = committed and pid in runner.marks
-            self._note_watermark(cycle, through if committed else None, waiting=waiting)
+            self._writes.note_watermark(cycle, through if committed else None, waiting=waiting)
         if not committed:
             return "aborted"
         for request in answered:
@@ -720,7 +721,8 @@ class Scheduler:
         confirm: frozenset[int],
     ) -> None:
         """Detail calls through the shared pool, at most a project's share at once; what they
-        find is written as it comes due (``_write_due``), not only when the last returns."""
+        find is written as it comes due (``CycleWriter.write_due``), not only when the last
+        returns."""
         if not job_ids:
             return
         pending = iter(job_ids)
@@ -730,7 +732,7 @@ class Scheduler:
                 async with self._pool:
                     await self._fetch_one(cycle, job_id, job_id in confirm)
                 if cycle.written < len(cycle.seen):  # (most calls find nothing new)
-                    await self._write_due(runner, cycle)
+                    await self._writes.write_due(runner, cycle)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.config.per_project_in_flight, len(job_ids))):
@@ -776,124 +778,6 @@ class Scheduler:
             return
         cycle.judge(job_id, raw, fp, observed)
 
-    # --- commit ----------------------------------------------------------------------------
-
-    async def _write_due(self, runner: ShardRunner, cycle: Cycle) -> None:
-        """Mid-cycle: write the changes found so far once the oldest has waited
-        ``flush_after_s`` for the cycle's other calls, or a full batch has gathered.
-
-        A big project's cycle takes as long as its detail calls (2,000 jobs at 20 calls a
-        second: 100 s); a change found in its first second must not wait for the last. One
-        such write at a time per cycle: what is found meanwhile goes in the next. Each write
-        is a batch like the cycle's last (its own transaction under exactly-once) without
-        the watermark, which stays in the last.
-        """
-        if cycle.writing or cycle.write_failed:
-            return
-        cycle.writing = True
-        try:
-            while piece := cycle.seen[cycle.written : cycle.written + MAX_BATCH_JOBS]:
-                waited = self._clock() - piece[0].observed_at
-                if len(piece) < MAX_BATCH_JOBS and waited < self.config.flush_after_s:
-                    return
-                if not await self._write(runner, cycle, piece, [], {}):
-                    return
-        finally:
-            cycle.writing = False
-
-    async def _commit(self, runner: ShardRunner, cycle: Cycle, through: float | None) -> bool:
-        """Write the rest of what the cycle saw, batch by batch; state moves after each
-        write returns. False when any write of the cycle failed (none is tried after it).
-
-        The watermark (``through``) rides in the last batch: a reader that sees it has seen
-        every event of the cycle (one transaction under exactly-once). A quiet cycle (nothing
-        but its watermark to write) pays no transaction of its own when its project's previous
-        watermark is not still waiting: its watermark waits for the shard's next write, which
-        carries every waiting watermark. If none comes, the project's next cycle writes: a
-        watermark waits one interval at most, a project alone on its shard writes every other
-        quiet cycle, and projects sharing a shard share its transactions while they are quiet
-        (about one per shard per interval).
-        """
-        if cycle.write_failed:
-            return False
-        dead = list(cycle.dead.items())
-        rest = cycle.seen[cycle.written :]
-        quiet = not rest and not dead
-        if through is not None and quiet and self._may_wait(runner, cycle.project):
-            runner.marks[cycle.project.project_id] = (self._mark(cycle, through), through)
-            return True
-        pieces = list(chunks(rest, MAX_BATCH_JOBS))
-        if not pieces and (dead or through is not None):
-            pieces = [()]
-        for index, piece in enumerate(pieces):
-            carried = self._take_marks(runner, cycle, through) if index == len(pieces) - 1 else {}
-            if not await self._write(runner, cycle, piece, dead, carried):
-                return False
-            dead = []
-        return True
-
-    async def _write(
-        self,
-        runner: ShardRunner,
-        cycle: Cycle,
-        piece: Sequence[Seen],
-        dead: Sequence[tuple[DeadKey, events.OutRecord]],
-        carried: dict[str, tuple[events.OutRecord, float]],
-    ) -> bool:
-        """One batch: ``piece`` (the next of ``cycle.seen`` not written), dead letters and
-        the watermarks ``carried``; the cycle's state moves when the write returns."""
-        pid = cycle.project.project_id
-        for seen in piece:  # requested snapshots are always published
-            kind = seen.change.kind
-            seen.publish = kind is ChangeKind.SNAPSHOT or self._filter.publishes(kind)
-        records = batch(
-            cycle.project,
-            piece,
-            [record for _, record in dead],
-            options=self.config.event_options,
-            generation=runner.stamp,
-        )
-        if carried:
-            marks = [record for record, _ in carried.values()]
-            records = dataclasses.replace(records, watermarks=marks)
-        if not await runner.write(cycle.epoch, records):
-            self.metrics.transactions.labels("failed").inc()
-            cycle.write_failed = True
-            carried.pop(pid, None)
-            if runner.epoch == cycle.epoch:  # still true: the next write carries them
-                runner.marks = carried | runner.marks
-            return False
-        self.metrics.transactions.labels("committed").inc()
-        runner.has_written = True
-        self._trimmer.after_write(len(piece))
-        cycle.project.commit(piece, [key for key, _ in dead])
-        cycle.written += len(piece)
-        self._count_commit(piece, [cycle.dead_reasons[key] for key, _ in dead])
-        for project_id, (_, marked) in carried.items():
-            if project_id != pid:  # the cycle's own: _note_watermark, after the commit
-                self._advance_watermark(runner.projects[project_id], marked)
-        return True
-
-    def _take_marks(
-        self, runner: ShardRunner, cycle: Cycle, through: float | None
-    ) -> dict[str, tuple[events.OutRecord, float]]:
-        """The watermarks the cycle's last write carries: the shard's waiting ones, and the
-        cycle's own (which replaces its project's waiting one)."""
-        carried, runner.marks = runner.marks, {}
-        if through is not None:
-            carried[cycle.project.project_id] = (self._mark(cycle, through), through)
-        return carried
-
-    @staticmethod
-    def _may_wait(runner: ShardRunner, project: ProjectState) -> bool:
-        """Whether a quiet cycle's watermark may wait for the shard's next write: not when
-        the project's previous one is still waiting (so none waits longer than one interval),
-        nor before the shard's first write, nor while the project's watermark is stalled (the
-        first complete cycle says so at once)."""
-        if not runner.has_written or project.stalled_since is not None:
-            return False
-        return project.project_id not in runner.marks
-
     # --- re-snapshot ----------------------------------------------------------------------
 
     @staticmethod
@@ -934,54 +818,6 @@ class Scheduler:
         status = doc.get("status")
         change = JobChange(ChangeKind.SNAPSHOT, (), (), status, status, None, doc)
         cycle.seen.append(Seen.of(job_id, change, fp, row_fp, observed, answers=request.request_id))
-
-    def _mark(self, cycle: Cycle, through: float) -> events.OutRecord:
-        return events.watermark(
-            project_id=cycle.project.project_id,
-            observed_through=utc(through),
-            jobs=len(cycle.present or ()),
-            mode=self.config.mode,
-        )
-
-    def _advance_watermark(self, project: ProjectState, through: float) -> None:
-        """A write carrying the project's watermark ``through`` returned."""
-        pid = project.project_id
-        project.watermark_at = max(project.watermark_at, through)
-        self.metrics.watermark.labels(pid).set(project.watermark_at)
-        if project.stalled_since is not None:
-            log.info("project %s: watermark advancing again (%s)", pid, utc(through))
-            project.stalled_since = None
-            self.metrics.watermark_stalled_since.labels(pid).set(0)
-
-    def _note_watermark(self, cycle: Cycle, through: float | None, *, waiting: bool) -> None:
-        """Advance the project's watermark, or note (once) since when it is stalled."""
-        project, pid = cycle.project, cycle.project.project_id
-        if through is not None:
-            if not waiting:
-                self._advance_watermark(project, through)
-            return
-        if project.stalled_since is not None:
-            return
-        project.stalled_since = self._clock()
-        self.metrics.watermark_stalled_since.labels(pid).set(project.stalled_since)
-        if cycle.present is None:
-            why = "list sweep incomplete (throttled, breaker open, auth or API failing)"
-        elif cycle.failed:
-            why = f"{cycle.failed} detail calls failed"
-        else:
-            why = "sink write failed"
-        last = utc(project.watermark_at) if project.watermark_at else "never advanced"
-        log.warning("project %s: watermark stalled at %s: %s", pid, last, why)
-
-    def _count_commit(self, piece: Sequence[Seen], dead_letters: Sequence[str]) -> None:
-        now = self._clock()
-        for seen in piece:
-            if not seen.publish:
-                continue
-            self.metrics.events.labels(seen.change.kind.value).inc()
-            self.metrics.change_to_commit.observe(max(0.0, now - seen.observed_at))
-        for reason in dead_letters:  # list_page, not_json, invalid
-            self.metrics.dead_letters.labels(reason).inc()
 
     # --- bookkeeping -----------------------------------------------------------------------
 

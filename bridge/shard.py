@@ -105,7 +105,7 @@ class ShardRunner:
         self._on_fenced = on_fenced
         self.restore_records = 0
         # Watermarks of quiet cycles waiting to ride the shard's next write (project -> record
-        # and its observed-through), see Scheduler._commit.
+        # and its observed-through), see CycleWriter.commit (bridge.writes).
         self.marks: dict[str, tuple[OutRecord, float]] = {}
         self.has_written = False  # a write returned since the shard opened
         self.revoked = False  # set by a revoke: cycles in flight are cancelled, not awaited

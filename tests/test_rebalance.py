@@ -23,8 +23,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bridge.scheduler import MAX_BATCH_JOBS
 from bridge.sharding import shard_of
+from bridge.writes import MAX_BATCH_JOBS
 from tests.bridge_procs import (
     INTERVAL_S,
     WINDOW_MS,
