@@ -67,8 +67,13 @@ class CycleWriter:
         such write at a time per cycle: what is found meanwhile goes in the next. Each write
         is a batch like the cycle's last (its own transaction under exactly-once) without
         the watermark, which stays in the last.
+
+        Not while the project is being discovered: a shard restored with any state of a
+        project takes its discovery for done, so a first sweep written in part (and then
+        handed over, or its process killed) would report its other jobs as created, and
+        fast-poll those in a transitional status. A first sweep is written whole, at its end.
         """
-        if cycle.writing or cycle.write_failed:
+        if cycle.writing or cycle.write_failed or cycle.project.discovering:
             return
         cycle.writing = True
         try:

@@ -496,6 +496,38 @@ async def test_a_change_is_written_while_its_cycle_still_waits_for_other_jobs(ma
     assert [e["data"]["sequence"] for e in events] == [1, 2]
 
 
+async def test_a_first_sweep_is_written_whole_at_its_end(make_simulator):
+    """A shard restored with part of a first sweep would take the rest for new jobs
+    ("created", fast-polled): nothing of a discovery is written before its last call."""
+    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
+        pid = sim.project_ids[0]
+        first, *_, last = sorted(sim.fleet.projects[pid].jobs)
+        holds: list[HoldLast] = []
+
+        def wrap(client: DliClient) -> HoldLast:
+            holds.append(HoldLast(client, first, last, b""))  # armed by first's first answer
+            return holds[0]
+
+        async with engine(
+            url,
+            [pid],
+            wrap=wrap,
+            mode="detail",
+            flush_after_s=0.0,
+            per_project_in_flight=1,
+        ) as eng:
+            try:
+                await until(holds[0].held.is_set, "the first sweep waits on its last job")
+                await asyncio.sleep(0.3)  # long past flush_after_s
+                while_held = eng.events()
+            finally:
+                holds[0].release.set()
+            await until(lambda: len(eng.events()) >= 4, "discovered")
+            events = eng.events()
+    assert while_held == []
+    assert kinds(events) == ["discovered"] * 4
+
+
 async def test_a_failed_write_mid_cycle_loses_nothing_and_claims_nothing(make_simulator):
     """The write of an early change fails while the cycle still waits on its last call: the
     cycle writes no watermark, and after recovery the change is written once."""
