@@ -448,10 +448,11 @@ class HoldLast:
 
 @asynccontextmanager
 async def held_cycle(
-    make_simulator: Any, mark: str, sink: MemorySink | None = None
+    make_simulator: Any, mark: str, sink: MemorySink | None = None, *, discovered: bool = True
 ) -> AsyncIterator[tuple[Simulator, str, Engine, HoldLast, int]]:
     """Detail mode, one call at a time in job order: the cycle that finds ``first`` edited
-    (desc ``mark``) then waits on its last job's call until the test releases it."""
+    (desc ``mark``; "" for any answer) then waits on its last job's call until the test
+    releases it. With ``discovered`` the first sweep is committed before it yields."""
     async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
         pid = sim.project_ids[0]
         first, *_, last = sorted(sim.fleet.projects[pid].jobs)
@@ -471,7 +472,8 @@ async def held_cycle(
             per_project_in_flight=1,  # one call at a time: first is asked before last
         ) as eng:
             try:
-                await until(lambda: len(eng.events()) >= 4, "discovered")
+                if discovered:
+                    await until(lambda: len(eng.events()) >= 4, "discovered")
                 yield sim, pid, eng, holds[0], first
             finally:
                 holds[0].release.set()
@@ -499,31 +501,13 @@ async def test_a_change_is_written_while_its_cycle_still_waits_for_other_jobs(ma
 async def test_a_first_sweep_is_written_whole_at_its_end(make_simulator):
     """A shard restored with part of a first sweep would take the rest for new jobs
     ("created", fast-polled): nothing of a discovery is written before its last call."""
-    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
-        pid = sim.project_ids[0]
-        first, *_, last = sorted(sim.fleet.projects[pid].jobs)
-        holds: list[HoldLast] = []
-
-        def wrap(client: DliClient) -> HoldLast:
-            holds.append(HoldLast(client, first, last, b""))  # armed by first's first answer
-            return holds[0]
-
-        async with engine(
-            url,
-            [pid],
-            wrap=wrap,
-            mode="detail",
-            flush_after_s=0.0,
-            per_project_in_flight=1,
-        ) as eng:
-            try:
-                await until(holds[0].held.is_set, "the first sweep waits on its last job")
-                await asyncio.sleep(0.3)  # long past flush_after_s
-                while_held = eng.events()
-            finally:
-                holds[0].release.set()
-            await until(lambda: len(eng.events()) >= 4, "discovered")
-            events = eng.events()
+    async with held_cycle(make_simulator, "", discovered=False) as (_, _, eng, hold, _):
+        await until(hold.held.is_set, "the first sweep waits on its last job")
+        await asyncio.sleep(0.3)  # long past flush_after_s
+        while_held = eng.events()
+        hold.release.set()
+        await until(lambda: len(eng.events()) >= 4, "discovered")
+        events = eng.events()
     assert while_held == []
     assert kinds(events) == ["discovered"] * 4
 
