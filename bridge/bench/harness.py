@@ -210,8 +210,10 @@ async def _fleet(
 
 
 @contextlib.asynccontextmanager
-async def _kafka(config: BenchConfig, say: Say) -> AsyncIterator[str]:
-    given = config.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+async def kafka_at(given: str | None, say: Say) -> AsyncIterator[str]:
+    """Bootstrap servers: ``given``, else ``KAFKA_BOOTSTRAP_SERVERS``, else a local broker
+    started here for as long as the context lasts."""
+    given = given or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
         return
@@ -517,7 +519,7 @@ def _burst(row: Row, seen: Measured, commits: Sequence[benchkafka.Commit]) -> No
 async def run(config: BenchConfig, say: Say) -> Report:
     """Run every part ``config`` asks for; ``say`` gets progress lines."""
     report = Report(config, machine())
-    async with _kafka(config, say) as bootstrap:
+    async with kafka_at(config.bootstrap_servers, say) as bootstrap:
         say(f"kafka {bootstrap}")
         await _main_rows(config, bootstrap, report, say)
         if config.sweep_sizes:

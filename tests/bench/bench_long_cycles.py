@@ -18,30 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import aiohttp
 
 from bridge.bench import kafka as benchkafka
+from bridge.bench.harness import kafka_at
 from bridge.bench.run import BridgeChild, BridgeSpec, simulator
 
 _WAIT = "dli_bridge_change_to_commit_seconds"
 _COMMITTED = 'dli_bridge_transactions_total{outcome="committed"}'
 _DISCOVERED = 'dli_bridge_events_total{type="discovered"}'
-
-
-@contextlib.asynccontextmanager
-async def _kafka(given: str | None) -> AsyncIterator[str]:
-    if given:
-        yield given
-        return
-    from bridge.localkafka import LocalKafka, default_kafka_version
-
-    async with LocalKafka(default_kafka_version()) as kafka:
-        yield kafka.bootstrap_servers
 
 
 def _quantile(buckets: Sequence[tuple[float, float]], q: float) -> float:
@@ -87,9 +76,8 @@ async def _discovered(child: BridgeChild, jobs: int, timeout_s: float) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    given = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     async with (
-        _kafka(given) as bootstrap,
+        kafka_at(args.bootstrap_servers, print) as bootstrap,
         simulator(1, args.jobs, args.changes_per_s) as (url, _pid),
         aiohttp.ClientSession() as session,
         contextlib.AsyncExitStack() as stack,
