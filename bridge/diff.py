@@ -29,7 +29,7 @@ _Tree = dict[str, "_Tree | None"]
 class ChangeKind(enum.StrEnum):
     """The kind of one job change; DESIGN ranks deleted > created/discovered > status > updated."""
 
-    DISCOVERED = "discovered"  # first sight during the initial sweep (Debezium's "r")
+    DISCOVERED = "discovered"  # there before the first sweep began (Debezium's "r")
     CREATED = "created"
     STATUS_CHANGED = "status_changed"
     UPDATED = "updated"

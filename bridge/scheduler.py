@@ -487,6 +487,8 @@ class Scheduler:
         """Sweep, decide, fetch and judge; the re-snapshot requests this cycle answers."""
         if full:
             cycle.started = self._clock()
+            if cycle.project.swept_from is None:
+                cycle.project.swept_from = cycle.started
             cycle.reconcile = self._reconcile_due(cycle.project.project_id, cycle.started)
             counted = await self._count(cycle)
             cycle.counted = counted is True

@@ -171,6 +171,7 @@ class ProjectState:
     jobs: dict[int, Tracked] = field(default_factory=dict)
     discovering: bool = True  # no restored state: the first complete sweep says "discovered"
     to_discover: set[int] | None = None  # the jobs of that sweep not yet committed
+    swept_from: float | None = None  # when the bridge first looked at it (epoch s; see discovers)
     transitional: set[int] = field(default_factory=set)
     sent_dead_letters: set[DeadKey] = field(default_factory=set)
     last_breaker: BreakerState = BreakerState.CLOSED
@@ -193,9 +194,19 @@ class ProjectState:
             return self.jobs
         return {j: t for j, t in self.jobs.items() if j not in self.parked}
 
-    def discovers(self, job_id: int) -> bool:
-        """Whether a first sight of ``job_id`` is a discovery (else it was created)."""
-        return self.discovering and (self.to_discover is None or job_id in self.to_discover)
+    def discovers(self, job_id: int, created_ms: object = None) -> bool:
+        """Whether a first sight of ``job_id`` is a discovery (else it was created).
+
+        A job of the first sweep is; so is a job DLI created (``create_time``, epoch ms)
+        before the bridge first looked at the project. A shard restored from part of a first
+        sweep (its process killed between the sweep's transactions) is no longer
+        discovering, and the jobs its restore did not bring back were there all along.
+        """
+        if self.discovering and (self.to_discover is None or job_id in self.to_discover):
+            return True
+        if self.swept_from is None or type(created_ms) is not int:
+            return False
+        return created_ms < self.swept_from * 1000.0
 
     def note_sweep(self, rows: Iterable[int]) -> None:
         """After a complete sweep's commit: discovery ends once its jobs are all known.
@@ -339,7 +350,7 @@ class Cycle:
         tracked = self.project.jobs.get(job_id)
         before = self.remembered(tracked) if tracked is not None else None
         after = self.redact(raw)
-        first = tracked is None and self.project.discovers(job_id)
+        first = tracked is None and self.project.discovers(job_id, raw.get("create_time"))
         change = diff(before, after, ignore=self.ignore, first_sweep=first)
         detail_fp = detail_fingerprint(raw, self.ignore, self.fp_key)
         if change is None:
@@ -388,11 +399,15 @@ def restore(
     projects: Mapping[str, ProjectState], restored: Mapping[bytes, events.StateValue]
 ) -> tuple[dict[str, ProjectState], int]:
     """Fresh project states from a shard's restored state; also how many records were ignored
-    (projects this instance does not watch). Dead-letter memory and breaker state carry over.
+    (projects this instance does not watch). Dead-letter memory and breaker state carry over;
+    a project's ``swept_from`` is its earliest restored observation (or this process's own).
     """
     fresh = {
         pid: ProjectState(
-            pid, sent_dead_letters=old.sent_dead_letters, last_breaker=old.last_breaker
+            pid,
+            sent_dead_letters=old.sent_dead_letters,
+            last_breaker=old.last_breaker,
+            swept_from=old.swept_from,
         )
         for pid, old in projects.items()
     }
@@ -414,6 +429,8 @@ def restore(
         )
         project.discovering = False
         project.set_status(value.job_id, status)
+        at = observed.timestamp()
+        project.swept_from = at if project.swept_from is None else min(project.swept_from, at)
     return fresh, ignored
 
 

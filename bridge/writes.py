@@ -68,10 +68,10 @@ class CycleWriter:
         is a batch like the cycle's last (its own transaction under exactly-once) without
         the watermark, which stays in the last.
 
-        Not while the project is being discovered: a shard restored with any state of a
-        project takes its discovery for done, so a first sweep written in part (and then
-        handed over, or its process killed) would report its other jobs as created, and
-        fast-poll those in a transitional status. A first sweep is written whole, at its end.
+        Not while the project is being discovered: a first sweep is written whole, at its
+        end, so a shard handed over during it restores none of it and its next owner
+        discovers the project afresh. (A process killed between a big sweep's last batches
+        still leaves part of it; ``ProjectState.discovers`` tells the rest by create_time.)
         """
         if cycle.writing or cycle.write_failed or cycle.project.discovering:
             return

@@ -512,6 +512,50 @@ async def test_a_first_sweep_is_written_whole_at_its_end(make_simulator):
     assert kinds(events) == ["discovered"] * 4
 
 
+async def test_a_shard_restored_from_part_of_a_first_sweep_still_discovers_the_rest(
+    make_simulator, monkeypatch
+):
+    """A first sweep goes out in transactions of at most MAX_BATCH_JOBS jobs; a process
+    killed between them leaves a state topic with part of the sweep. The restored shard is
+    no longer discovering, yet the jobs it did not restore were there all along: discovered
+    (no fast lane), by their create_time. A job created after the restore is created."""
+    monkeypatch.setattr("bridge.writes.MAX_BATCH_JOBS", 2)
+    sink = MemorySink(partitions=PARTITIONS)
+    real_write = sink._write
+    broken: list[bool] = []  # after the first batch: every write fails until the "restart"
+    failed = asyncio.Event()
+
+    async def first_batch_only(shard: int, epoch: int, batch: Any) -> None:
+        if broken and broken[0]:
+            failed.set()
+            raise SinkUnavailable("killed between the sweep's transactions")
+        await real_write(shard, epoch, batch)
+        if batch.events:
+            broken.append(True)
+
+    sink._write = first_batch_only  # type: ignore[method-assign]
+    async with make_simulator(projects=1, jobs_per_project=4) as (sim, url):
+        pid = sim.project_ids[0]
+        async with engine(url, [pid], sink=sink) as eng:
+            await asyncio.wait_for(failed.wait(), 10.0)
+            written = eng.events()
+            shard = shard_of(pid, PARTITIONS)
+            await eng.scheduler.stop_shard(shard)
+            broken[0] = False
+            eng.scheduler.start_shard(shard, generation=1)
+            await until(lambda: len(eng.events()) >= 4, "the rest of the sweep")
+            new_job = sim.create_job(pid)
+            await until(lambda: len(eng.of_job(pid, new_job)) >= 1, "the new job")
+            events = eng.events()
+    assert len(written) == 2
+    by_job = {e["data"]["job_id"]: e["data"]["kind"] for e in events}
+    assert by_job == {
+        **dict.fromkeys(sim.fleet.projects[pid].jobs, "discovered"),
+        new_job: "created",
+    }
+    assert len(events) == 5
+
+
 async def test_a_failed_write_mid_cycle_loses_nothing_and_claims_nothing(make_simulator):
     """The write of an early change fails while the cycle still waits on its last call: the
     cycle writes no watermark, and after recovery the change is written once."""
