@@ -344,9 +344,10 @@ class Cycle:
         return self.redact(orjson.loads(tracked.snapshot))
 
     def judge(self, job_id: int, raw: JsonDict, fp: bytes, observed: float) -> None:
-        """Compare a fresh (raw) view of a job with memory; both sides redacted first."""
-        if self.unchanged(job_id, fp, observed):
-            return
+        """Compare a fresh (raw) view of a job with memory; both sides redacted first.
+
+        Called for bytes ``unchanged`` did not recognise (the caller asks it first, before
+        parsing or validating anything)."""
         tracked = self.project.jobs.get(job_id)
         before = self.remembered(tracked) if tracked is not None else None
         after = self.redact(raw)
