@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -208,6 +209,9 @@ def test_a_bridge_child_config_is_valid_settings(tmp_path: Path):
     assert settings.kafka.topics.events == "bench.abc-list-1.events"
     assert settings.kafka.transactional_id_prefix == "bench-abc-list-1"
     assert (settings.polling.mode, settings.kafka.partitions) == ("list", 3)
+    assert settings.kafka.instance_id is None  # a dynamic member unless asked
+    path.write_text(bridge_toml(dataclasses.replace(spec, instance_id="abc-0")))
+    assert Settings.from_env({}, toml_path=path).kafka.instance_id == "abc-0"
 
 
 def test_sample_reads_this_process():

@@ -177,6 +177,7 @@ class BridgeSpec:
     reconcile_interval_s: float = 600.0
     project_rate_per_s: float = 1e6  # far above what the simulator needs (see bridge_toml)
     flush_after_s: float | None = None  # None: the bridge's default
+    instance_id: str | None = None  # a static group member (kafka.instance_id)
 
     def topic(self, kind: str) -> str:
         return f"bench.{self.name}.{kind}"
@@ -225,7 +226,8 @@ def bridge_toml(spec: BridgeSpec) -> str:
             "transactional_id_prefix": f"bench-{spec.name}",
             "group_id": f"bench-{spec.name}",
             "partitions": spec.partitions,
-        },
+        }
+        | ({} if spec.instance_id is None else {"instance_id": spec.instance_id}),
         # As in production, where the key derives from the DLI credential: every instance
         # fingerprints alike, so a shard handed over is not fetched again job by job.
         "redaction": {"hash_key": f"bench-{spec.name}"},
@@ -277,6 +279,12 @@ class BridgeChild:
         if self._proc is not None:
             await _stop(self._proc)
         self._dir.cleanup()
+
+    async def kill(self) -> None:
+        """SIGKILL the child and reap it: no drain, no goodbye to the group."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
 
     async def _until_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
