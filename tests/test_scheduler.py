@@ -125,6 +125,32 @@ async def until(check: Any, what: str, timeout_s: float = 10.0) -> None:
 # --- pure helpers -----------------------------------------------------------------------------
 
 
+def test_a_fresh_process_restores_when_the_bridge_first_looked_and_discovers_by_it():
+    """In a new process (no project state yet) the earliest restored observation is when the
+    bridge first looked: a job first seen now that DLI created before it was there all along
+    (a first sweep cut short between its transactions); one created after is created."""
+    from datetime import UTC, datetime
+
+    from bridge import events
+    from bridge.tracking import ProjectState, restore
+
+    def value(job_id: int, at: datetime) -> events.StateValue:
+        snapshot = orjson.dumps({"job_id": job_id, "status": "job_running"})
+        return events.StateValue("p-1", job_id, 1, snapshot, b"f" * 16, None, at)
+
+    first = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    later = datetime(2026, 11, 25, 12, 5, tzinfo=UTC)
+    restored = {b"p-1/2": value(2, later), b"p-1/1": value(1, first)}
+    projects, ignored = restore({"p-1": ProjectState("p-1")}, restored)
+    project = projects["p-1"]
+    looked_ms = int(first.timestamp() * 1000)
+    assert (ignored, project.discovering, project.swept_from) == (0, False, first.timestamp())
+    assert project.discovers(3, looked_ms - 60_000)
+    assert not project.discovers(3, looked_ms + 60_000)
+    assert not project.discovers(3, None)  # no create_time: created, as before
+    assert not project.discovers(3, True)  # nor a JSON true where a number belongs
+
+
 def test_fingerprint_is_16_bytes_and_tells_bodies_apart():
     assert len(fingerprint(b"{}")) == 16
     assert fingerprint(b'{"a":1}') != fingerprint(b'{"a":2}')
