@@ -420,17 +420,15 @@ def restore(
             continue
         status = _interned(orjson.loads(value.snapshot).get("status"))
         observed = value.observed_at
+        at = observed.timestamp()
         # when it entered its status is not in the record: like a first sight, no fast lane
         # until the bridge sees it move (a shard handed over is not fast-polled all again)
-        known = sweep.Known(
-            value.row_fingerprint, observed.timestamp(), status, status_since=sweep.SINCE_BEFORE
-        )
+        known = sweep.Known(value.row_fingerprint, at, status, status_since=sweep.SINCE_BEFORE)
         project.jobs[value.job_id] = Tracked(
             value.sequence, pack(value.snapshot), value.fingerprint, observed, known, value.answered
         )
         project.discovering = False
         project.set_status(value.job_id, status)
-        at = observed.timestamp()
         project.swept_from = at if project.swept_from is None else min(project.swept_from, at)
     return fresh, ignored
 
