@@ -308,6 +308,16 @@ class BridgeChild:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out
 
+    async def until(self, sample_name: str, at_least: float, timeout_s: float) -> None:
+        """Until the /metrics sample ``sample_name`` (as ``metrics()`` names it) reaches
+        ``at_least``; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (await self.metrics()).get(sample_name, 0.0) >= at_least:
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"{self!r}: {sample_name} did not reach {at_least:g} in {timeout_s:g} s")
+
     def sample(self) -> Sample:
         return sample(self.pid)
 

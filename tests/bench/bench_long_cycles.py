@@ -65,16 +65,6 @@ def _row(
     )
 
 
-async def _discovered(child: BridgeChild, jobs: int, timeout_s: float) -> None:
-    """Until the first cycle has found (nearly) every job: a bridge that cannot gets a bound."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (await child.metrics()).get(_DISCOVERED, 0.0) >= jobs:
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"{child!r} did not discover {jobs} jobs in {timeout_s:g} s")
-
-
 async def main(args: argparse.Namespace) -> None:
     async with (
         kafka_at(args.bootstrap_servers, print) as bootstrap,
@@ -101,7 +91,7 @@ async def main(args: argparse.Namespace) -> None:
             await benchkafka.create_events_topic(bootstrap, spec.topic("events"), 1)
             children.append(await stack.enter_async_context(BridgeChild(spec, session)))
         limit = 60 + 2 * args.jobs / args.rate
-        await asyncio.gather(*(_discovered(c, args.jobs - 5, limit) for c in children))
+        await asyncio.gather(*(c.until(_DISCOVERED, args.jobs - 5, limit) for c in children))
         await asyncio.sleep(args.jobs / args.rate)  # the discovery cycles' last writes
         before = [await child.metrics() for child in children]
         cpu = [child.sample().cpu_s for child in children]

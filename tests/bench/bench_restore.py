@@ -32,7 +32,8 @@ from bridge.bench import kafka as benchkafka
 from bridge.bench.harness import kafka_at
 from bridge.bench.run import BridgeChild, BridgeSpec, simulator
 
-_EVENTS = "dli_bridge_events_total"
+_DISCOVERED = 'dli_bridge_events_total{type="discovered"}'
+_CREATED = 'dli_bridge_events_total{type="created"}'
 _SECONDS = "dli_bridge_restore_seconds"
 _RECORDS = "dli_bridge_restore_records"
 _POLLS = 'dli_bridge_polls_total{mode="list",outcome="ok"}'
@@ -40,23 +41,9 @@ _PARTITIONS = 12
 _INTERVAL_S = 30.0
 
 
-def _sum(metrics: dict[str, float], name: str) -> float:
-    return sum(v for k, v in metrics.items() if k == name or k.startswith(f"{name}{{"))
-
-
-def _events(metrics: dict[str, float], kind: str) -> float:
-    return metrics.get(f'{_EVENTS}{{type="{kind}"}}', 0.0)
-
-
-async def _until(child: BridgeChild, check: str, at_least: float, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        metrics = await child.metrics()
-        value = _events(metrics, "discovered") if check == "discovered" else metrics.get(check)
-        if (value or 0.0) >= at_least:
-            return
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"{child!r}: {check} did not reach {at_least:g} in {timeout_s:g} s")
+def _per_shard(metrics: dict[str, float], name: str) -> list[float]:
+    """The values of a gauge labelled by shard."""
+    return [v for k, v in metrics.items() if k.startswith(f"{name}{{")]
 
 
 async def _restart(
@@ -69,15 +56,15 @@ async def _restart(
         metrics = await child.metrics()
         rss_mb = child.sample().rss_bytes / 2**20
         # every project swept once more (a cycle begins within one interval of the restore)
-        await _until(child, _POLLS, projects, 2 * _INTERVAL_S + 30)
+        await child.until(_POLLS, projects, 2 * _INTERVAL_S + 30)
         after = await child.metrics()
         figures = (
             ready_s,
-            max((v for k, v in metrics.items() if k.startswith(f"{_SECONDS}{{")), default=0.0),
-            _sum(metrics, _RECORDS),
+            max(_per_shard(metrics, _SECONDS), default=0.0),
+            sum(_per_shard(metrics, _RECORDS)),
             rss_mb,
-            _events(after, "discovered"),
-            _events(after, "created"),
+            after.get(_DISCOVERED, 0.0),
+            after.get(_CREATED, 0.0),
         )
         await child.kill()
     return figures
@@ -106,8 +93,8 @@ async def _size(
             )
             await benchkafka.create_events_topic(bootstrap, spec.topic("events"), _PARTITIONS)
             async with BridgeChild(spec, session) as first:
-                await _until(first, "discovered", projects * per_project, 120 + jobs / 500)
-                await _until(first, _POLLS, projects, 2 * _INTERVAL_S + 30)  # all committed
+                # counted once committed: every job is in the state topic
+                await first.until(_DISCOVERED, projects * per_project, 120 + jobs / 500)
                 await first.kill()
             ready, slowest, records, rss, discovered, created = await _restart(
                 spec, session, projects
